@@ -1,0 +1,54 @@
+"""Settings, read from `{{ cookiecutter.__env_prefix }}*` environment variables and a `.env` file.
+
+Every setting is listed with its default in `.env.example`. The prefix is set here, on the
+final class, so it is the same whatever features the project was rendered with; QuasiQueue's
+own `QUASIQUEUE_*` variables are not read.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field{% if cookiecutter.include_aiocache %}, SecretStr{% endif %}
+from pydantic_settings import SettingsConfigDict
+from quasiqueue import Settings as QuasiQueueSettings
+
+
+class Settings(QuasiQueueSettings):
+    """All settings of the worker: QuasiQueue's, with defaults tuned for this runner, and ours."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="{{ cookiecutter.__env_prefix }}",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    project_name: str = "{{ cookiecutter.__package_slug }}"
+    log_level: str = Field(default="INFO", pattern="^(?i:debug|info|warning|error|critical)$")
+
+    # QuasiQueue's settings, with the defaults this runner is tuned for (see .env.example).
+    num_processes: int = Field(default=2, ge=1)
+    max_queue_size: int = Field(default=1000, ge=1)
+    lookup_block_size: int = Field(default=250, ge=1)
+    concurrent_tasks_per_process: int = Field(default=16, ge=1)
+    max_jobs_per_process: int | None = Field(default=10_000, ge=0)
+    empty_queue_sleep_time: float = Field(default=0.5, gt=0)
+    graceful_shutdown_timeout: float = Field(default=30.0, ge=0)
+    prevent_requeuing_time: float = Field(default=300.0, ge=0)
+
+    # Retries of a failing reader call, inside the worker process.
+    max_retries: int = Field(default=0, ge=0)
+    retry_backoff: float = Field(default=0.5, ge=0)
+    retry_backoff_max: float = Field(default=30.0, ge=0)
+{%- if cookiecutter.include_aiocache %}
+
+    # The cache (see docs/cache.md).
+    cache_url: str = "memory://"
+    cache_password: SecretStr | None = None
+    cache_namespace: str = "{{ cookiecutter.__package_slug }}"
+    cache_ttl: float | None = Field(default=3600.0, gt=0)
+    cache_enabled: bool = True
+{%- endif %}
+
+
+settings = Settings()

@@ -1,0 +1,214 @@
+"""What runs inside each worker process.
+
+A worker process opens the context once, then runs the reader on the items its parent sends,
+at most `concurrency` at a time, and reports one outcome per item. It never abandons an item
+it was sent: on RETIRE it finishes all of them, on STOP (or SIGTERM) it finishes the running
+ones and hands the others back as not started. Then it closes the context and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+from collections import deque
+from collections.abc import Callable
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from .calls import keywords, open_context
+from .wire import Frame, FrameReader, Kind, encode
+
+logger = logging.getLogger(__name__)
+
+CONTEXT_FAILED_EXIT = 3
+
+
+@dataclass(frozen=True)
+class ReaderPlan:
+    """Everything a worker process needs to run the reader; inherited through fork."""
+
+    reader: Callable[..., Any]
+    reader_takes: frozenset[str]
+    context: Callable[..., Any] | None
+    settings: Any
+    concurrency: int
+    max_retries: int
+    retry_backoff: float
+    retry_backoff_max: float
+
+
+def shorten(value: Any, limit: int = 200) -> str:
+    """Return `repr(value)`, cut to `limit` characters for logs and error texts."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+def run_worker_process(sock: socket.socket, inherited: list[int], plan: ReaderPlan) -> None:
+    """Entry point of a forked worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates Ctrl-C
+    signal.set_wakeup_fd(-1)  # the parent's event loop wake-up pipe is not ours
+    for fd in inherited:  # the parent's ends of sibling sockets: keep EOF meaning "parent gone"
+        with suppress(OSError):
+            os.close(fd)
+    code = asyncio.run(_WorkerProcess(sock, plan).run())
+    raise SystemExit(code)
+
+
+class _WorkerProcess(asyncio.Protocol):
+    def __init__(self, sock: socket.socket, plan: ReaderPlan) -> None:
+        self.sock = sock
+        self.plan = plan
+        self.frames = FrameReader()
+        self.backlog: deque[tuple[int, bytes]] = deque()
+        self.running: set[asyncio.Task[None]] = set()
+        self.outbox: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.retiring = False
+        self.stopping = False
+        self.ctx: Any = None
+        self.done: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[None] | None = None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        self.closed = loop.create_future()
+        async with AsyncExitStack() as stack:
+            try:
+                self.ctx = await open_context(stack, self.plan.context, self.plan.settings)
+            except Exception as exc:
+                logger.exception("context() failed in %s", _process_name())
+                text = f"{type(exc).__name__}: {exc}".encode(errors="replace")
+                self.sock.sendall(encode(Kind.CONTEXT_FAILED, payload=text))
+                return CONTEXT_FAILED_EXIT
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+            await loop.connect_accepted_socket(lambda: self, self.sock)
+            self._send(encode(Kind.READY))
+            await self.done
+            self._flush()
+            if self.transport is not None:
+                self.transport.close()  # sends what is buffered, then closes
+                await self.closed
+        return 0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.frames.feed(data):
+            if frame.kind == Kind.ITEM:
+                self._accept(frame)
+            elif frame.kind == Kind.RETIRE:
+                self.retiring = True
+            elif frame.kind == Kind.STOP:
+                self._stop()
+        self._check_done()
+
+    def eof_received(self) -> bool:
+        self._stop()  # the parent went away: finish what runs, nobody to report to
+        self._check_done()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+        self._stop()
+        self._check_done()
+
+    # items
+    def _accept(self, frame: Frame) -> None:
+        if self.stopping:
+            self._send(encode(Kind.NOT_STARTED, frame.seq))
+        elif len(self.running) < self.plan.concurrency:
+            self._start(frame.seq, frame.payload)
+        else:
+            self.backlog.append((frame.seq, frame.payload))
+
+    def _start(self, seq: int, payload: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_item(seq, payload))
+        self.running.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        if self.backlog and not self.stopping:
+            self._start(*self.backlog.popleft())
+        self._check_done()
+
+    async def _run_item(self, seq: int, payload: bytes) -> None:
+        plan = self.plan
+        try:
+            item = pickle.loads(payload)
+        except Exception as exc:
+            logger.exception("item #%d could not be unpickled in %s", seq, _process_name())
+            self._send(encode(Kind.FAILED, seq, 1, f"unpickling failed: {exc!r}".encode()))
+            return
+        kwargs = keywords(plan.reader_takes, item=item, ctx=self.ctx, settings=plan.settings)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = plan.reader(**kwargs)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                if attempt <= plan.max_retries:
+                    delay = min(plan.retry_backoff * 2 ** (attempt - 1), plan.retry_backoff_max)
+                    logger.warning(
+                        "reader failed on %s (attempt %d of %d), retrying in %.2fs: %r",
+                        shorten(item),
+                        attempt,
+                        plan.max_retries + 1,
+                        delay,
+                        exc,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                logger.exception("reader failed on %s after %d attempt(s)", shorten(item), attempt)
+                error = f"{type(exc).__name__}: {exc}"[:2000].encode(errors="replace")
+                self._send(encode(Kind.FAILED, seq, attempt, error))
+                return
+            self._send(encode(Kind.SUCCEEDED, seq, attempt))
+            return
+
+    # lifecycle
+    def _on_sigterm(self) -> None:
+        self._stop()
+        self._check_done()
+
+    def _stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        while self.backlog:
+            self._send(encode(Kind.NOT_STARTED, self.backlog.popleft()[0]))
+
+    def _check_done(self) -> None:
+        idle = not self.running and not self.backlog
+        if (self.stopping or self.retiring) and idle and self.done and not self.done.done():
+            self.done.set_result(None)
+
+    # outcomes are batched: one write per event-loop turn
+    def _send(self, frame: bytes) -> None:
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outbox.append(frame)
+
+    def _flush(self) -> None:
+        if self.outbox and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.outbox))
+        self.outbox.clear()
+
+
+def _process_name() -> str:
+    return multiprocessing.current_process().name

@@ -1,0 +1,85 @@
+"""`Worker`: a QuasiQueue runner that loses no item, runs fast, and stops quickly."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..settings import Settings
+from .calls import check_context, check_reader, check_writer
+from .child import ReaderPlan, shorten
+from .summary import Summary
+from .supervisor import Hooks, Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Runs a QuasiQueue writer, reader and context over worker processes.
+
+    Built like `quasiqueue.QuasiQueue(name, reader, writer, context, settings)` and calls the
+    functions the same way, by keyword. `main()` serves until SIGTERM or SIGINT; `drain()` runs
+    until the writer has nothing more and every item has finished, and returns a `Summary`.
+    Subclass it and override `on_failure` / `on_unstarted` to send failed or never-started
+    items back to a durable source.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        reader: Callable[..., Any],
+        writer: Callable[..., Any],
+        context: Callable[..., Any] | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.name = name
+        self.reader = reader
+        self.writer = writer
+        self.context = context
+        self.settings = settings if settings is not None else Settings()
+        self._reader_takes = check_reader(reader)
+        self._writer_takes = check_writer(writer)
+        check_context(context)
+
+    def on_failure(self, item: Any, error: str) -> None:
+        """Called in the parent for each item that failed its last attempt. Logs by default."""
+        logger.error("[%s] item failed: %s: %s", self.name, shorten(item), error)
+
+    def on_unstarted(self, items: list[Any]) -> None:
+        """Called in the parent at shutdown with the queued items that never started.
+
+        Logs their count by default; override to put them back into a durable source.
+        """
+        logger.warning("[%s] %d item(s) were not started", self.name, len(items))
+
+    async def main(self) -> None:
+        """Serve until SIGTERM or SIGINT, then finish in-flight items and return."""
+        await self._supervisor(drain=False).run()
+
+    async def drain(self) -> Summary:
+        """Run until the writer yields nothing and every item has an outcome."""
+        return await self._supervisor(drain=True).run()
+
+    def cli(self, argv: Sequence[str] | None = None) -> None:
+        """Run the command line: `serve` (the default) or `drain`."""
+        from .cli import run_cli
+
+        run_cli(self, argv)
+
+    def _supervisor(self, *, drain: bool) -> Supervisor:
+        is_async = inspect.iscoroutinefunction(self.reader)
+        settings = self.settings
+        plan = ReaderPlan(
+            reader=self.reader,
+            reader_takes=self._reader_takes,
+            context=self.context,
+            settings=settings,
+            concurrency=settings.concurrent_tasks_per_process if is_async else 1,
+            max_retries=settings.max_retries,
+            retry_backoff=settings.retry_backoff,
+            retry_backoff_max=settings.retry_backoff_max,
+        )
+        hooks = Hooks(on_failure=self.on_failure, on_unstarted=self.on_unstarted)
+        return Supervisor(self.name, self.writer, self._writer_takes, plan, hooks, drain=drain)

@@ -1,0 +1,449 @@
+"""One run of the worker, in the parent process.
+
+The parent asks the writer for items, keeps them in a bounded buffer, and hands each worker
+process at most a small window of items over its own socket. Every item it hands out is
+tracked until that process reports an outcome, so nothing is lost: recycled processes finish
+their items first, items of a crashed process are reported as failed, and at shutdown the
+items that never started are handed back to the caller. Nothing here polls: the parent
+waits on sockets, process sentinels and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import pickle
+import signal
+import socket
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from .calls import keywords
+from .child import CONTEXT_FAILED_EXIT, ReaderPlan, run_worker_process, shorten
+from .errors import ContextError, WriterError
+from .summary import Summary
+from .wire import Frame, FrameReader, Kind, encode
+
+logger = logging.getLogger(__name__)
+
+FORK = multiprocessing.get_context("fork")
+KILL_WAIT = 5.0  # seconds to wait for a killed process to be reaped
+
+
+@dataclass(eq=False)
+class _Child:
+    """The parent's view of one worker process."""
+
+    process: BaseProcess
+    sock: socket.socket
+    transport: asyncio.Transport | None = None
+    outstanding: set[int] = field(default_factory=set)
+    sent: int = 0
+    ready: bool = False
+    retiring: bool = False
+    exited: bool = False
+    eof: bool = False
+
+
+class _Link(asyncio.Protocol):
+    """Feeds the frames a worker process sends to the supervisor."""
+
+    def __init__(self, supervisor: Supervisor, child: _Child) -> None:
+        self.supervisor = supervisor
+        self.child = child
+        self.frames = FrameReader()
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.frames.feed(data):
+            self.supervisor.on_frame(self.child, frame)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.child.eof = True
+        self.supervisor.on_child_gone(self.child)
+
+
+@dataclass
+class Hooks:
+    """Where the supervisor reports items it could not finish."""
+
+    on_failure: Callable[[Any, str], None]
+    on_unstarted: Callable[[list[Any]], None]
+
+
+class Supervisor:
+    """Runs writer and worker processes until drained, stopped, or a fatal error."""
+
+    def __init__(
+        self,
+        name: str,
+        writer: Callable[..., Any],
+        writer_takes: frozenset[str],
+        plan: ReaderPlan,
+        hooks: Hooks,
+        *,
+        drain: bool,
+    ) -> None:
+        settings = plan.settings
+        self.name = name
+        self.writer = writer
+        self.writer_takes = writer_takes
+        self.plan = plan
+        self.hooks = hooks
+        self.drain = drain
+        self.num_processes: int = settings.num_processes
+        self.max_queue_size: int = settings.max_queue_size
+        self.block_size: int = settings.lookup_block_size
+        self.refill_at = max(0, self.max_queue_size - self.block_size)
+        self.idle_sleep: float = settings.empty_queue_sleep_time
+        self.requeue_window: float = settings.prevent_requeuing_time
+        self.graceful_timeout: float = settings.graceful_shutdown_timeout
+        self.max_jobs: int = settings.max_jobs_per_process or 0
+        self.window = 2 * plan.concurrency  # items handed to one process: running + next ones
+
+        self.loop = asyncio.get_running_loop()
+        self.seq = itertools.count(1)
+        self.pending: deque[tuple[int, bytes]] = deque()  # accepted, not yet handed out
+        self.items: dict[int, Any] = {}  # every unfinished item, by sequence number
+        self.recent: OrderedDict[Hashable, float] = OrderedDict()  # requeue protection
+        self.children: list[_Child] = []
+        self.connecting: set[asyncio.Task[None]] = set()
+        self.launched = 0
+        self.unstarted: list[Any] = []
+        self.enqueued = self.succeeded = self.failed = self.retried = self.skipped = 0
+
+        self.room = asyncio.Event()  # the buffer can take a block of items
+        self.idle = asyncio.Event()  # no unfinished item
+        self.stopped = asyncio.Event()  # stop asking the writer
+        self.all_exited = asyncio.Event()
+        self.end: asyncio.Future[None] = self.loop.create_future()
+        self.fatal: BaseException | None = None
+        self.signals = 0
+
+    # ---- the run -------------------------------------------------------------------------
+    async def run(self) -> Summary:
+        """Run until drained (drain mode), a stop signal, or a fatal error; then shut down."""
+        started = time.perf_counter()
+        handles_signals = threading.current_thread() is threading.main_thread()
+        if handles_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(signum, self.request_stop, signum)
+        feeder = self.loop.create_task(self._feed())
+        try:
+            for _ in range(self.num_processes):
+                self._spawn()
+            await self.end
+        finally:
+            try:
+                await self._shutdown(feeder)
+            finally:
+                if handles_signals:
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        self.loop.remove_signal_handler(signum)
+                self._kill_all()
+        if self.fatal is not None:
+            raise self.fatal
+        return Summary(
+            enqueued=self.enqueued,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            not_started=len(self.unstarted),
+            retried=self.retried,
+            skipped_duplicates=self.skipped,
+            seconds=time.perf_counter() - started,
+        )
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Stop asking the writer and shut down gracefully; a second SIGINT kills at once."""
+        self.signals += 1
+        if self.signals > 1 and signum == signal.SIGINT:
+            logger.warning("[%s] second interrupt: killing worker processes now", self.name)
+            self._kill_all()
+            return
+        if signum is not None:
+            logger.info("[%s] %s received: finishing in-flight items", self.name, _signame(signum))
+        self._finish()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if error is not None and self.fatal is None:
+            self.fatal = error
+        self.stopped.set()
+        if not self.end.done():
+            self.end.set_result(None)
+
+    # ---- the writer ----------------------------------------------------------------------
+    async def _feed(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                while len(self.pending) > self.refill_at:
+                    self.room.clear()
+                    await self.room.wait()
+                desired = max(1, min(self.block_size, self.max_queue_size - len(self.pending)))
+                if await self._ask_writer(desired):
+                    continue
+                if self.drain:
+                    if not self.items:
+                        logger.debug("[%s] writer exhausted, everything finished", self.name)
+                        self._finish()
+                        return
+                    await self.idle.wait()  # ask once more when everything has finished
+                else:
+                    await _wait(self.stopped, self.idle_sleep)
+        except WriterError as exc:
+            self._finish(exc)
+        except Exception as exc:
+            logger.exception("[%s] the writer raised", self.name)
+            self._finish(
+                WriterError(
+                    f"the writer raised {type(exc).__name__}: {exc}; fix it, or catch transient "
+                    "errors inside it and yield nothing until the source is back"
+                )
+            )
+
+    async def _ask_writer(self, desired: int) -> int:
+        """Call the writer once; return how many new items it gave."""
+        kwargs = keywords(self.writer_takes, desired=desired, settings=self.plan.settings)
+        generator = self.writer(**kwargs)
+        new = 0
+        try:
+            async for item in generator:
+                if item is None or item is False:  # QuasiQueue's "nothing right now"
+                    break
+                new += self._accept(item)
+                while len(self.pending) >= self.max_queue_size and not self.stopped.is_set():
+                    self.room.clear()  # backpressure: pause the writer mid-call
+                    await self.room.wait()
+                if self.stopped.is_set():
+                    break
+        finally:
+            await generator.aclose()
+        return new
+
+    def _accept(self, item: Any) -> int:
+        try:
+            payload = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise WriterError(
+                f"the writer yielded {shorten(item)} of type {type(item).__name__}, which cannot "
+                f"be pickled to reach a worker process ({exc}); yield plain data such as an id, "
+                "a str, or a dict of str/int/float values, and load the rest in the reader"
+            ) from exc
+        if self.requeue_window > 0:
+            key: Hashable = item
+            try:
+                hash(item)
+            except TypeError:
+                key = payload  # unhashable items (dicts, lists) are compared by their bytes
+            now = time.monotonic()
+            recent = self.recent
+            while recent and next(iter(recent.values())) <= now - self.requeue_window:
+                recent.popitem(last=False)
+            if key in recent:
+                self.skipped += 1
+                return 0
+            recent[key] = now
+        seq = next(self.seq)
+        self.items[seq] = item
+        self.pending.append((seq, payload))
+        self.enqueued += 1
+        self.idle.clear()
+        self._dispatch()
+        return 1
+
+    # ---- worker processes ----------------------------------------------------------------
+    def _spawn(self) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        inherited = [child.sock.fileno() for child in self.children] + [parent_sock.fileno()]
+        process = FORK.Process(
+            target=run_worker_process,
+            args=(child_sock, inherited, self.plan),
+            name=f"{self.name}-worker-{self.launched:03d}",
+        )
+        self.launched += 1
+        process.start()
+        child_sock.close()
+        child = _Child(process=process, sock=parent_sock)
+        self.children.append(child)
+        self.all_exited.clear()
+        self.loop.add_reader(process.sentinel, self._on_exit, child)
+        task = self.loop.create_task(self._connect(child))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+
+    async def _connect(self, child: _Child) -> None:
+        transport, _ = await self.loop.connect_accepted_socket(
+            lambda: _Link(self, child), child.sock
+        )
+        assert isinstance(transport, asyncio.Transport)
+        child.transport = transport
+
+    def _dispatch(self) -> None:
+        pending = self.pending
+        if self.stopped.is_set():
+            return
+        for child in self.children:
+            if not pending:
+                break
+            if not child.ready or child.retiring or child.transport is None:
+                continue
+            free = self.window - len(child.outstanding)
+            if self.max_jobs:
+                free = min(free, self.max_jobs - child.sent)
+            if free <= 0:
+                continue
+            frames = []
+            for _ in range(min(free, len(pending))):
+                seq, payload = pending.popleft()
+                frames.append(encode(Kind.ITEM, seq, 0, payload))
+                child.outstanding.add(seq)
+            child.sent += len(frames)
+            if self.max_jobs and child.sent >= self.max_jobs:
+                frames.append(encode(Kind.RETIRE))  # it finishes its items, then exits
+                child.retiring = True
+                if not self.stopped.is_set():
+                    self._spawn()
+            child.transport.write(b"".join(frames))
+        if len(pending) <= self.refill_at:
+            self.room.set()
+
+    def on_frame(self, child: _Child, frame: Frame) -> None:
+        """Handle one frame from a worker process."""
+        kind = frame.kind
+        if kind == Kind.SUCCEEDED:
+            self.succeeded += 1
+            self._settle(child, frame)
+        elif kind == Kind.FAILED:
+            self.failed += 1
+            item = self._settle(child, frame)
+            self._report_failure(item, frame.payload.decode(errors="replace"))
+        elif kind == Kind.NOT_STARTED:
+            child.outstanding.discard(frame.seq)
+            self.unstarted.append(self.items.pop(frame.seq))
+            self._check_idle()
+        elif kind == Kind.READY:
+            child.ready = True
+            if self.stopped.is_set():
+                self._write(child, encode(Kind.STOP))
+        elif kind == Kind.CONTEXT_FAILED:
+            text = frame.payload.decode(errors="replace")
+            self._finish(
+                ContextError(f"context() raised in {child.process.name}: {text}; fix context()")
+            )
+        self._dispatch()
+
+    def _settle(self, child: _Child, frame: Frame) -> Any:
+        child.outstanding.discard(frame.seq)
+        self.retried += max(0, frame.attempts - 1)
+        item = self.items.pop(frame.seq)
+        self._check_idle()
+        return item
+
+    def _check_idle(self) -> None:
+        if not self.items:
+            self.idle.set()
+
+    def _report_failure(self, item: Any, error: str) -> None:
+        try:
+            self.hooks.on_failure(item, error)
+        except Exception:
+            logger.exception("[%s] on_failure raised for %s", self.name, shorten(item))
+
+    def _on_exit(self, child: _Child) -> None:
+        self.loop.remove_reader(child.process.sentinel)
+        child.process.join()
+        child.exited = True
+        self.on_child_gone(child)
+
+    def on_child_gone(self, child: _Child) -> None:
+        """Settle a worker process once it has exited and all it sent has been read."""
+        if not (child.exited and child.eof) or child not in self.children:
+            return
+        self.children.remove(child)
+        if child.transport is not None:
+            child.transport.close()
+        code = child.process.exitcode
+        for seq in sorted(child.outstanding):
+            self.failed += 1
+            item = self.items.pop(seq)
+            error = f"worker process {child.process.name} exited (code {code}) while holding it"
+            logger.error("[%s] %s: %s", self.name, shorten(item), error)
+            self._report_failure(item, error)
+        child.outstanding.clear()
+        self._check_idle()
+        if not self.children:
+            self.all_exited.set()
+        if self.stopped.is_set() or child.retiring:
+            self._dispatch()
+            return
+        if code == CONTEXT_FAILED_EXIT or not child.ready:
+            self._finish(
+                ContextError(
+                    f"worker process {child.process.name} exited with code {code} before it "
+                    "was ready; check context() and the worker's logs"
+                )
+            )
+            return
+        name = child.process.name
+        logger.error("[%s] %s exited with code %s: replacing it", self.name, name, code)
+        self._spawn()
+
+    def _write(self, child: _Child, data: bytes) -> None:
+        if child.transport is not None and not child.transport.is_closing():
+            child.transport.write(data)
+
+    # ---- shutdown ------------------------------------------------------------------------
+    async def _shutdown(self, feeder: asyncio.Task[None]) -> None:
+        self.stopped.set()
+        self.room.set()
+        self.idle.set()
+        feeder.cancel()
+        await asyncio.wait({feeder}, timeout=self.graceful_timeout)
+        while self.pending:
+            seq, _ = self.pending.popleft()
+            self.unstarted.append(self.items.pop(seq))
+        for child in self.children:
+            if child.ready:  # a process not ready yet gets STOP when it says READY
+                self._write(child, encode(Kind.STOP))
+        if self.children and not await _wait(self.all_exited, self.graceful_timeout):
+            logger.warning(
+                "[%s] graceful_shutdown_timeout (%ss) passed: killing %d worker process(es)",
+                self.name,
+                self.graceful_timeout,
+                len(self.children),
+            )
+            self._kill_all()
+            await _wait(self.all_exited, KILL_WAIT)
+        if self.unstarted:
+            try:
+                self.hooks.on_unstarted(list(self.unstarted))
+            except Exception:
+                logger.exception("[%s] on_unstarted raised", self.name)
+
+    def _kill_all(self) -> None:
+        for child in list(self.children):
+            if child.process.is_alive():
+                child.process.kill()
+            if not child.exited:
+                child.process.join(KILL_WAIT)
+
+
+def _signame(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for `event` at most `timeout` seconds; return whether it is set."""
+    if not event.is_set():
+        waiter = asyncio.ensure_future(event.wait())
+        await asyncio.wait({waiter}, timeout=timeout)
+        waiter.cancel()
+    return event.is_set()

@@ -1,0 +1,65 @@
+"""The frames a parent and its worker processes exchange over one socket pair.
+
+A frame is a fixed header (kind, sequence number, attempts, payload length) followed by the
+payload: a pickled item on the way to a worker process, an error text on the way back.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import NamedTuple
+
+HEADER = struct.Struct("!BQHI")
+
+
+class Kind(enum.IntEnum):
+    """What a frame means."""
+
+    # parent -> worker process
+    ITEM = 1  # run the reader on this item
+    RETIRE = 2  # finish every item you hold, then exit (process recycling)
+    STOP = 3  # finish what is running, hand back what has not started, then exit
+    # worker process -> parent
+    READY = 10  # the context is open; send items
+    SUCCEEDED = 11
+    FAILED = 12  # payload: the error text
+    NOT_STARTED = 13  # handed back at STOP
+    CONTEXT_FAILED = 14  # payload: the error text; the process exits
+
+
+class Frame(NamedTuple):
+    """One decoded frame."""
+
+    kind: int
+    seq: int
+    attempts: int
+    payload: bytes
+
+
+def encode(kind: Kind, seq: int = 0, attempts: int = 0, payload: bytes = b"") -> bytes:
+    """Return the bytes of one frame."""
+    return HEADER.pack(kind, seq, attempts, len(payload)) + payload
+
+
+class FrameReader:
+    """Collects received bytes and returns the complete frames among them."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add `data` and return every frame now complete, in order."""
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        position, size, header = 0, len(buffer), HEADER.size
+        while size - position >= header:
+            kind, seq, attempts, length = HEADER.unpack_from(buffer, position)
+            end = position + header + length
+            if end > size:
+                break
+            frames.append(Frame(kind, seq, attempts, bytes(buffer[position + header : end])))
+            position = end
+        del buffer[:position]
+        return frames
