@@ -20,6 +20,7 @@ class Settings(QuasiQueueSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        env_ignore_empty=True,
         validate_default=True,
     )
 
@@ -46,7 +47,7 @@ class Settings(QuasiQueueSettings):
     cache_url: str = "memory://"
     cache_password: SecretStr | None = None
     cache_namespace: str = "{{ cookiecutter.__package_slug }}"
-    cache_ttl: float | None = Field(default=3600.0, gt=0)
+    cache_ttl: float = Field(default=3600.0, ge=0)
     cache_enabled: bool = True
 {%- endif %}
 

@@ -33,7 +33,13 @@ def _accepted(function: Callable[..., Any], role: str, allowed: tuple[str, ...])
             takes.update(allowed)
         elif parameter.kind is inspect.Parameter.VAR_POSITIONAL:
             continue
-        elif name in allowed and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY:
+        elif parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
+            if parameter.default is inspect.Parameter.empty:
+                raise SignatureError(
+                    f"{shown} cannot be called as {call}: parameter {name!r} is positional-only "
+                    "and arguments are passed by keyword; remove the '/'"
+                )
+        elif name in allowed:
             takes.add(name)
         elif parameter.default is inspect.Parameter.empty:
             raise SignatureError(

@@ -50,13 +50,14 @@ class Worker:
     def on_unstarted(self, items: list[Any]) -> None:
         """Called in the parent at shutdown with the queued items that never started.
 
-        Logs their count by default; override to put them back into a durable source.
+        Their count is logged in any case; override this to put them back into a durable
+        source. The default does nothing more: a run is at-most-once.
         """
-        logger.warning("[%s] %d item(s) were not started", self.name, len(items))
 
     async def main(self) -> None:
         """Serve until SIGTERM or SIGINT, then finish in-flight items and return."""
-        await self._supervisor(drain=False).run()
+        summary = await self._supervisor(drain=False).run()
+        logger.info("[%s] stopped: %s", self.name, summary.to_json())
 
     async def drain(self) -> Summary:
         """Run until the writer yields nothing and every item has an outcome."""

@@ -423,6 +423,9 @@ class Supervisor:
             self._kill_all()
             await _wait(self.all_exited, KILL_WAIT)
         if self.unstarted:
+            logger.warning(
+                "[%s] %d queued item(s) were not started", self.name, len(self.unstarted)
+            )
             try:
                 self.hooks.on_unstarted(list(self.unstarted))
             except Exception:

@@ -1,0 +1,192 @@
+"""Reader errors, retries, crashed processes and code that needs fixing."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from support import Journal, fast_settings, writer_over
+
+from {{ cookiecutter.__package_slug }}.worker import (
+    ContextError,
+    SignatureError,
+    Summary,
+    Worker,
+    WriterError,
+)
+
+
+class RecordingWorker(Worker):
+    """Keeps what the parent-side hooks were given."""
+
+    failures: list[tuple[Any, str]]
+    unstarted: list[Any]
+
+    def on_failure(self, item: Any, error: str) -> None:
+        self.failures.append((item, error))
+
+    def on_unstarted(self, items: list[Any]) -> None:
+        self.unstarted.extend(items)
+
+
+def recording_worker(**kwargs: Any) -> RecordingWorker:
+    worker = RecordingWorker("t", **kwargs)
+    worker.failures, worker.unstarted = [], []
+    return worker
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_reader_errors_are_counted_and_handed_to_on_failure(
+    journal: Journal, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def work(item: int) -> None:
+        journal.add(item, os.getpid())
+        if item % 10 == 3:
+            raise RuntimeError(f"boom {item}")
+
+    async def async_reader(item: int) -> None:
+        work(item)
+
+    reader = async_reader if kind == "async" else work
+    worker = recording_worker(
+        reader=reader, writer=writer_over(range(200)), settings=fast_settings()
+    )
+    summary = await worker.drain()
+
+    failing = {n for n in range(200) if n % 10 == 3}
+    assert (summary.succeeded, summary.failed) == (180, 20)
+    assert {item for item, _ in worker.failures} == failing
+    assert all(error == f"RuntimeError: boom {item}" for item, error in worker.failures)
+    assert journal.column(0) == Counter(str(n) for n in range(200))
+    assert len(journal.column(1)) == 2  # the two processes survived every error
+
+
+async def test_retries_with_backoff_then_success(journal: Journal) -> None:
+    async def reader(item: int) -> None:
+        journal.add(item)
+        if sum(1 for row in journal.rows() if row[0] == str(item)) < 3:
+            raise ConnectionError("flaky")
+
+    settings = fast_settings(max_retries=2, retry_backoff=0.001, num_processes=1)
+    worker = recording_worker(reader=reader, writer=writer_over(range(20)), settings=settings)
+    summary = await worker.drain()
+
+    assert (summary.succeeded, summary.failed, summary.retried) == (20, 0, 40)
+    assert journal.column(0) == Counter({str(n): 3 for n in range(20)})
+    assert worker.failures == []
+
+
+async def test_after_the_last_retry_the_item_is_reported_failed(journal: Journal) -> None:
+    async def reader(item: int) -> None:
+        journal.add(item)
+        raise ConnectionError("down")
+
+    settings = fast_settings(max_retries=1, retry_backoff=0.001)
+    worker = recording_worker(reader=reader, writer=writer_over(range(30)), settings=settings)
+    summary = await worker.drain()
+
+    assert (summary.succeeded, summary.failed, summary.retried) == (0, 30, 30)
+    assert journal.column(0) == Counter({str(n): 2 for n in range(30)})
+    assert sorted(item for item, _ in worker.failures) == list(range(30))
+
+
+async def test_a_crashed_process_fails_its_items_and_is_replaced(journal: Journal) -> None:
+    async def reader(item: int) -> None:
+        if item == 13:
+            os._exit(7)
+        journal.add(item, os.getpid())
+
+    settings = fast_settings(concurrent_tasks_per_process=1)
+    worker = recording_worker(reader=reader, writer=writer_over(range(100)), settings=settings)
+    summary = await worker.drain()
+
+    assert summary.enqueued == summary.succeeded + summary.failed == 100
+    assert 13 in {item for item, _ in worker.failures}
+    assert all("exited (code 7)" in error for _, error in worker.failures)
+    assert set(journal.column(0)) == {str(n) for n in range(100)} - {
+        str(item) for item, _ in worker.failures
+    }
+    assert len(journal.column(1)) >= 2
+
+
+async def test_unpicklable_item_fails_fast() -> None:
+    async def writer(desired: int) -> AsyncIterator[Any]:
+        yield threading.Lock()
+
+    async def reader(item: Any) -> None:
+        raise AssertionError("never called")
+
+    worker = Worker("t", reader=reader, writer=writer, settings=fast_settings())
+    with pytest.raises(WriterError, match=r"cannot be pickled.*yield plain data"):
+        await worker.drain()
+
+
+async def test_writer_that_raises_fails_fast() -> None:
+    async def writer(desired: int) -> AsyncIterator[int]:
+        yield 1
+        raise OSError("database is down")
+
+    async def reader(item: int) -> None:
+        pass
+
+    worker = Worker("t", reader=reader, writer=writer, settings=fast_settings())
+    with pytest.raises(WriterError, match=r"writer raised OSError: database is down; fix it"):
+        await worker.drain()
+
+
+async def test_context_that_raises_fails_fast() -> None:
+    def context() -> None:
+        raise KeyError("missing secret")
+
+    async def reader(item: int, ctx: Any) -> None:
+        pass
+
+    worker = Worker(
+        "t", reader=reader, writer=writer_over(range(5)), context=context, settings=fast_settings()
+    )
+    with pytest.raises(ContextError, match=r"context\(\) raised .*KeyError: 'missing secret'"):
+        await worker.drain()
+
+
+async def _writer(desired: int) -> AsyncIterator[int]:
+    yield 1
+
+
+@pytest.mark.parametrize(
+    ("reader", "message"),
+    [
+        (lambda identifier: None, r"parameter 'identifier' is required"),
+        (lambda ctx: None, r"add a parameter named 'item'"),
+        (lambda item, /: None, r"'item' is positional-only .* remove the '/'"),
+        ("not a function", r"reader must be a function"),
+    ],
+)
+def test_reader_with_a_wrong_signature_fails_at_construction(reader: Any, message: str) -> None:
+    with pytest.raises(SignatureError, match=message):
+        Worker("t", reader=reader, writer=_writer)
+
+
+def test_writer_must_be_an_async_generator() -> None:
+    def writer(desired: int) -> list[int]:
+        return [1]
+
+    with pytest.raises(SignatureError, match="must be an async generator function"):
+        Worker("t", reader=lambda item: None, writer=writer)
+
+
+def test_context_with_a_wrong_signature_fails_at_construction() -> None:
+    with pytest.raises(SignatureError, match=r"parameter 'config' is required"):
+        Worker("t", reader=lambda item: None, writer=_writer, context=lambda config: {})
+
+
+def test_summary_invariant_holds_in_json() -> None:
+    summary = Summary(10, 7, 2, 1, 3, 0, 1.23456)
+    assert summary.to_json() == (
+        '{"enqueued": 10, "succeeded": 7, "failed": 2, "not_started": 1, "retried": 3, '
+        '"skipped_duplicates": 0, "seconds": 1.235}'
+    )
+    assert not summary.ok

@@ -1,0 +1,64 @@
+"""A worker served in a subprocess by test_worker_shutdown.py: `python worker_app.py JOURNAL MODE`.
+
+MODE is `busy` (endless items, each taking a while), `idle` (no items) or `stuck` (items that
+never finish). Everything the worker does is written to the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+from support import Journal, fast_settings
+
+from {{ cookiecutter.__package_slug }}.worker import Worker
+
+
+def main(journal: Journal, mode: str) -> None:
+    numbers = itertools.count()
+
+    async def writer(desired: int) -> AsyncIterator[int]:
+        if mode != "idle":
+            for _ in range(desired):
+                yield next(numbers)
+
+    async def context() -> AsyncIterator[None]:
+        journal.add("open", os.getpid())
+        yield
+        journal.add("close", os.getpid())
+
+    async def reader(item: int) -> None:
+        journal.add("start", item)
+        await asyncio.sleep(0.2 if mode == "busy" else 3600)
+        journal.add("end", item)
+
+    class AppWorker(Worker):
+        def on_unstarted(self, items: list[Any]) -> None:
+            journal.add("unstarted", len(items))
+
+        def on_failure(self, item: Any, error: str) -> None:
+            journal.add("failed", item)
+
+    settings = fast_settings(
+        max_queue_size=40,
+        lookup_block_size=10,
+        concurrent_tasks_per_process=3,
+        graceful_shutdown_timeout=0.5 if mode == "stuck" else 10.0,
+        log_level="INFO",
+    )
+    worker = AppWorker("app", reader=reader, writer=writer, context=context, settings=settings)
+    worker.cli(["serve"])
+
+
+if __name__ == "__main__":
+    try:
+        main(Journal(Path(sys.argv[1])), sys.argv[2])
+    finally:
+        me = psutil.Process()
+        Journal(Path(sys.argv[1])).add("children", len(me.children(recursive=True)))
