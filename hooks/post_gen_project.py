@@ -1,0 +1,147 @@
+"""Post-generation hook: prune the files of disabled features, then validate the render.
+
+Runs in the generated project directory. It only deletes files and checks what is left:
+no network, no installs, and running it twice changes nothing more. On a failed check it
+prints one line per problem and exits 1, and cookiecutter removes the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
+
+# Files (relative to the project root, "{slug}" for the package) that each feature owns.
+FEATURE_FILES = {
+    "include_aiocache": [
+        "{slug}/cache.py",
+        "tests/test_cache.py",
+        "tests/servers.py",
+        "docs/cache.md",
+        "compose.yaml",
+    ],
+    "include_streaming_io": [
+        "{slug}/streaming.py",
+        "tests/test_streaming.py",
+        "tests/test_streaming_s3.py",
+        "tests/test_streaming_docs.py",
+        "bench/bench_streaming.py",
+        "docs/streaming.md",
+    ],
+    "include_bounded_queue": [
+        "{slug}/bounded_queue.py",
+        "tests/test_bounded_queue.py",
+        "tests/test_bounded_queue_docs.py",
+        "bench/bench_bounded_queue.py",
+        "docs/bounded_queue.md",
+    ],
+    "include_spool": [
+        "{slug}/spool.py",
+        "tests/test_spool.py",
+        "tests/test_spool_crash.py",
+        "tests/test_spool_docs.py",
+        "bench/bench_spool.py",
+        "docs/spool.md",
+    ],
+}
+# "\x7b" is "{": written so that Jinja does not read these patterns as tags.
+LEFTOVER_JINJA = re.compile(r"\x7b\x7b\s*cookiecutter|\x7b%-?\s*(if|for|endif|endfor|else|raw|set)\b")
+SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+
+
+def prune(root: Path, context: dict) -> list[Path]:
+    """Delete the files of disabled features and the folders left empty; return what went."""
+    removed = []
+    for feature, paths in FEATURE_FILES.items():
+        if context[feature]:
+            continue
+        for pattern in paths:
+            path = root / pattern.format(slug=context["__package_slug"])
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed.append(path)
+            elif path.exists():
+                path.unlink()
+                removed.append(path)
+    for folder in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            removed.append(folder)
+    return removed
+
+
+def select_license(root: Path, context: dict) -> None:
+    """Keep the chosen license text as LICENSE and delete the others."""
+    chosen = root / "licenses" / f"{context['license']}.txt"
+    if chosen.exists():
+        chosen.replace(root / "LICENSE")
+    shutil.rmtree(root / "licenses", ignore_errors=True)
+
+
+def project_files(root: Path) -> list[Path]:
+    """Every file of the project, outside tool caches."""
+    return [
+        path
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not SKIPPED_DIRS.intersection(path.relative_to(root).parts)
+    ]
+
+
+def load_toml(text: str) -> object:
+    """Parse TOML with tomllib (Python 3.11+) or tomli; None when neither is available."""
+    try:
+        import tomllib
+    except ImportError:
+        try:
+            import tomli as tomllib
+        except ImportError:
+            return None
+    return tomllib.loads(text)
+
+
+def validate(root: Path) -> list[str]:
+    """Return one line per problem in the rendered project."""
+    problems = []
+    for path in project_files(root):
+        name = path.relative_to(root).as_posix()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        match = LEFTOVER_JINJA.search(text)
+        if match:
+            line = text.count("\n", 0, match.start()) + 1
+            problems.append(f"{name}:{line}: leftover Jinja {match.group(0)!r}")
+        try:
+            if path.suffix == ".py":
+                compile(text, name, "exec", dont_inherit=True)
+            elif path.suffix == ".json":
+                json.loads(text)
+            elif path.suffix in (".yaml", ".yml"):
+                import yaml  # cookiecutter depends on PyYAML
+
+                list(yaml.safe_load_all(text))
+            elif path.suffix == ".toml" and load_toml(text) is None:
+                print(f"note: {name} not parsed (no tomllib or tomli here)", file=sys.stderr)
+        except Exception as error:
+            problems.append(f"{name}: does not parse: {type(error).__name__}: {error}")
+    return problems
+
+
+def main() -> int:
+    """Prune, then validate; return 1 if a check failed."""
+    root = Path.cwd()
+    select_license(root, CONTEXT)
+    prune(root, CONTEXT)
+    problems = validate(root)
+    for problem in problems:
+        print(f"ERROR: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Pre-generation hook: reject answers that would render a broken project.
+
+Runs before any file is written; on failure cookiecutter removes the output directory.
+Values arrive as JSON data (`tojson`), never pasted into this source, so a crafted answer
+cannot run code here. Each rejection is one line naming the value and the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import re
+import sys
+
+CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
+
+MAX_NAME_LENGTH = 60
+LICENSES = ("MIT", "Apache-2.0", "BSD-3-Clause", "GPL-3.0-only", "Proprietary")
+PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
+FEATURES = ("include_aiocache", "include_streaming_io", "include_bounded_queue", "include_spool")
+# Import names the rendered project depends on or creates: a package of the same name would
+# shadow them.
+TAKEN = frozenset(
+    {
+        "quasiqueue", "aiocache", "pydantic", "pydantic_core", "pydantic_settings", "typer",
+        "click", "psutil", "redis", "aiomcache", "tqdm", "boto3", "botocore", "moto",
+        "hypothesis", "pytest", "mypy", "ruff", "setuptools", "pip", "packaging", "dotenv",
+        "tests", "test", "bench", "docs", "build", "dist", "worker",
+    }
+)
+# Standard-library module names, for Python versions without sys.stdlib_module_names.
+STDLIB_FALLBACK = frozenset(
+    "abc argparse array ast asyncio base64 bisect builtins calendar cmd code codecs collections "
+    "concurrent contextlib copy csv ctypes dataclasses datetime decimal difflib dis email enum "
+    "errno fcntl fileinput fnmatch fractions functools gc getopt getpass gettext glob gzip hashlib "
+    "heapq hmac html http imaplib importlib inspect io ipaddress itertools json keyword logging "
+    "lzma math mimetypes mmap multiprocessing numbers operator os pathlib pickle platform pprint "
+    "profile queue random re resource sched secrets select selectors shelve shlex shutil signal "
+    "site smtplib socket sqlite3 ssl stat statistics string struct subprocess sys tempfile test "
+    "textwrap threading time timeit token tokenize tomllib trace traceback types typing unittest "
+    "urllib uuid warnings weakref xml zipfile zlib zoneinfo".split()
+)
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+UNRENDERED = re.compile(r"\x7b[\x7b%]")  # an opening Jinja tag
+
+
+class Rejected(ValueError):
+    """An answer the template cannot render."""
+
+
+def stdlib_names() -> frozenset[str]:
+    """Top-level standard-library module names of this Python."""
+    return frozenset(getattr(sys, "stdlib_module_names", STDLIB_FALLBACK))
+
+
+def check(context: dict) -> None:
+    """Raise Rejected with a one-line message for the first answer that breaks a rule."""
+    for key, value in context.items():
+        if key.startswith("__") and isinstance(value, str) and UNRENDERED.search(value):
+            raise Rejected(
+                f"private variable {key} was not rendered ({value!r}): "
+                "this template needs cookiecutter >= 2.2; upgrade it (pip install -U cookiecutter)"
+            )
+    name = context["project_name"]
+    slug = context["__package_slug"]
+    if not name.strip():
+        raise Rejected("project_name is empty: give the project a name, e.g. 'My Worker'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise Rejected(
+            f"project_name {name[:20]!r}... is {len(name)} characters long: "
+            f"the limit is {MAX_NAME_LENGTH}"
+        )
+    if not IDENTIFIER.fullmatch(slug):
+        raise Rejected(
+            f"project_name {name!r} gives the package name {slug!r}, which is not a Python "
+            "identifier: use letters, digits, spaces, '-' or '_', starting with a letter"
+        )
+    if keyword.iskeyword(slug) or keyword.issoftkeyword(slug):
+        raise Rejected(f"project_name {name!r} gives the package name {slug!r}, a Python keyword")
+    if slug in stdlib_names():
+        raise Rejected(
+            f"project_name {name!r} gives the package name {slug!r}, which would shadow the "
+            "standard-library module of that name: choose another name"
+        )
+    if slug in TAKEN:
+        raise Rejected(
+            f"project_name {name!r} gives the package name {slug!r}, which would shadow a "
+            "package the project depends on or a folder it creates: choose another name"
+        )
+    email = context["author_email"]
+    if not EMAIL.fullmatch(email):
+        raise Rejected(f"author_email {email!r} is not an email address like name@example.com")
+    for field in ("description", "author_name"):
+        if "\n" in context[field] or "\r" in context[field]:
+            raise Rejected(f"{field} {context[field]!r} spans several lines: keep it to one line")
+    if context["license"] not in LICENSES:
+        raise Rejected(f"license {context['license']!r} is not one of {', '.join(LICENSES)}")
+    if context["python_version"] not in PYTHON_VERSIONS:
+        raise Rejected(
+            f"python_version {context['python_version']!r} is not one of "
+            f"{', '.join(PYTHON_VERSIONS)}"
+        )
+    for feature in FEATURES:
+        if not isinstance(context[feature], bool):
+            raise Rejected(f"{feature} {context[feature]!r} is not a yes/no answer (true or false)")
+
+
+def main() -> int:
+    """Check the answers; print the rejection and return 1 if one breaks a rule."""
+    try:
+        check(CONTEXT)
+    except Rejected as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

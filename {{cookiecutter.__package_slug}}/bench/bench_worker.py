@@ -1,0 +1,178 @@
+"""Throughput and latency of the worker against stock QuasiQueue and multiprocessing.Pool.
+
+`python bench/bench_worker.py [--quick]`. All baselines are measured in the same run, on the
+same machine, with 2 worker processes; the ratios are what to compare, not the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import psutil
+import quasiqueue
+
+from {{ cookiecutter.__package_slug }}.settings import Settings
+from {{ cookiecutter.__package_slug }}.worker import Worker
+
+FORK = multiprocessing.get_context("fork")
+PROCESSES = 2
+
+
+def burn(cpu_ms: float) -> None:
+    """Spend `cpu_ms` milliseconds of CPU time."""
+    end = time.process_time() + cpu_ms / 1000
+    while time.process_time() < end:
+        pass
+
+
+def pool_item(cpu_ms: float) -> None:
+    if cpu_ms:
+        burn(cpu_ms)
+
+
+def bench_pool(n: int, cpu_ms: float) -> float:
+    started = time.perf_counter()
+    with FORK.Pool(PROCESSES) as pool:
+        for _ in pool.imap_unordered(pool_item, [cpu_ms] * n):
+            pass
+    return n / (time.perf_counter() - started)
+
+
+def counting_writer(n: int) -> Callable[[int], AsyncIterator[int]]:
+    numbers = iter(range(n))
+
+    async def writer(desired: int) -> AsyncIterator[int]:
+        for number in itertools.islice(numbers, desired):
+            yield number
+
+    return writer
+
+
+def bench_worker(n: int, cpu_ms: float) -> float:
+    async def reader(item: int) -> None:
+        if cpu_ms:
+            burn(cpu_ms)
+
+    settings = Settings(_env_file=None, num_processes=PROCESSES, log_level="WARNING")
+    worker = Worker("bench", reader=reader, writer=counting_writer(n), settings=settings)
+    summary = asyncio.run(worker.drain())
+    assert summary.succeeded == n, summary
+    return n / summary.seconds
+
+
+def stock_runner(reader: Any, writer: Any) -> quasiqueue.QuasiQueue:
+    """Stock QuasiQueue with its own defaults (its annotations are narrower than its calls)."""
+    return quasiqueue.QuasiQueue("stock", reader=reader, writer=writer, settings=quasiqueue.Settings())
+
+
+def _serve_stock(n: int, cpu_ms: float, count: Any) -> None:
+    async def reader(item: int) -> None:
+        if cpu_ms:
+            burn(cpu_ms)
+        with count.get_lock():
+            count.value += 1
+
+    asyncio.run(stock_runner(reader, counting_writer(n)).main())
+
+
+def kill_tree(process: multiprocessing.process.BaseProcess) -> None:
+    """Kill a process and its children, and reap it."""
+    if process.exitcode is None and process.pid is not None:
+        for child in psutil.Process(process.pid).children(recursive=True):
+            child.kill()
+        process.kill()
+    process.join(10)
+
+
+def bench_stock(n: int, cpu_ms: float, limit: float) -> float:
+    """Stock QuasiQueue never stops by itself: count what it finishes, then kill it."""
+    count: Any = FORK.Value("l", 0)
+    process = FORK.Process(target=_serve_stock, args=(n, cpu_ms, count))
+    started = time.perf_counter()
+    process.start()
+    while count.value < n and time.perf_counter() - started < limit:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    done: int = count.value
+    kill_tree(process)
+    return done / elapsed
+
+
+def _serve_latency(use_stock: bool, idle: float, seen: Any) -> None:
+    available_at = time.monotonic() + idle
+    given = False
+
+    async def writer(desired: int) -> AsyncIterator[float]:
+        nonlocal given
+        if not given and time.monotonic() >= available_at:
+            given = True
+            yield time.monotonic()
+
+    async def reader(item: float) -> None:
+        seen.value = time.monotonic() - item
+
+    if use_stock:
+        asyncio.run(stock_runner(reader, writer).main())
+    else:
+        settings = Settings(_env_file=None, num_processes=PROCESSES, log_level="WARNING")
+        asyncio.run(Worker("lat", reader=reader, writer=writer, settings=settings).main())
+
+
+def bench_latency(use_stock: bool, idle: float, limit: float) -> tuple[float, float]:
+    """Seconds from the writer having an item (after `idle` s of nothing) to a reader starting
+    it, and seconds from SIGTERM to exit; inf where `limit` passed first."""
+    seen: Any = FORK.Value("d", -1.0)
+    process = FORK.Process(target=_serve_latency, args=(use_stock, idle, seen))
+    process.start()
+    deadline = time.monotonic() + idle + limit
+    while seen.value < 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    latency = float(seen.value) if seen.value >= 0 else float("inf")
+    assert process.pid is not None
+    sent = time.monotonic()
+    os.kill(process.pid, signal.SIGTERM)
+    process.join(limit)
+    stop = time.monotonic() - sent if process.exitcode is not None else float("inf")
+    kill_tree(process)
+    return latency, stop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    args = parser.parse_args()
+    scale = 0.02 if args.quick else 1.0
+    limit = 2.0 if args.quick else 20.0
+
+    print(f"{PROCESSES} processes, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(f"{'workload':<16}{'runner':<34}{'items/s':>10}  ratio")
+    for label, cpu_ms, n_fast, n_stock in (("trivial", 0.0, 40_000, 600), ("5 ms CPU", 5.0, 800, 300)):
+        n = max(20, int(n_fast * scale))
+        stock = bench_stock(max(20, int(n_stock * scale)), cpu_ms, limit)
+        ours = bench_worker(n, cpu_ms)
+        pool = bench_pool(n, cpu_ms)
+        print(f"{label:<16}{'stock quasiqueue, its defaults':<34}{stock:>10.0f}  1.00x stock")
+        print(
+            f"{label:<16}{'this worker, rendered defaults':<34}{ours:>10.0f}  "
+            f"{ours / stock:.2f}x stock, {ours / pool:.2f}x Pool"
+        )
+        print(f"{label:<16}{'multiprocessing.Pool imap_unordered':<34}{pool:>10.0f}  1.00x Pool")
+
+    idle = 0.5 if args.quick else 3.0
+    print(f"\nafter {idle:g} s with no work: seconds until a new item starts / until SIGTERM exits")
+    for label, use_stock in (("stock quasiqueue, its defaults", True), ("this worker", False)):
+        latency, stop = bench_latency(use_stock, idle, limit)
+        print(f"{label:<34} pick-up {latency:>7.3f}   stop {stop:>7.3f}   (inf: over {limit:g} s)")
+
+
+if __name__ == "__main__":
+    main()
