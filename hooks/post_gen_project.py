@@ -49,7 +49,9 @@ FEATURE_FILES = {
     ],
 }
 # "\x7b" is "{": written so that Jinja does not read these patterns as tags.
-LEFTOVER_JINJA = re.compile(r"\x7b\x7b\s*cookiecutter|\x7b%-?\s*(if|for|endif|endfor|else|raw|set)\b")
+LEFTOVER_JINJA = re.compile(
+    r"\x7b\x7b\s*cookiecutter|\x7b%-?\s*(if|for|endif|endfor|else|raw|set)\b"
+)
 SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 
 

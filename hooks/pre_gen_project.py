@@ -14,7 +14,7 @@ import sys
 
 CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
 
-MAX_NAME_LENGTH = 60
+MAX_NAME_LENGTH = 40
 LICENSES = ("MIT", "Apache-2.0", "BSD-3-Clause", "GPL-3.0-only", "Proprietary")
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
 FEATURES = ("include_aiocache", "include_streaming_io", "include_bounded_queue", "include_spool")
@@ -22,23 +22,36 @@ FEATURES = ("include_aiocache", "include_streaming_io", "include_bounded_queue",
 # shadow them.
 TAKEN = frozenset(
     {
-        "quasiqueue", "aiocache", "pydantic", "pydantic_core", "pydantic_settings", "typer",
-        "click", "psutil", "redis", "aiomcache", "tqdm", "boto3", "botocore", "moto",
-        "hypothesis", "pytest", "mypy", "ruff", "setuptools", "pip", "packaging", "dotenv",
-        "tests", "test", "bench", "docs", "build", "dist", "worker",
+        "quasiqueue",
+        "aiocache",
+        "pydantic",
+        "pydantic_core",
+        "pydantic_settings",
+        "typer",
+        "click",
+        "psutil",
+        "redis",
+        "aiomcache",
+        "tqdm",
+        "boto3",
+        "botocore",
+        "moto",
+        "hypothesis",
+        "pytest",
+        "mypy",
+        "ruff",
+        "setuptools",
+        "pip",
+        "packaging",
+        "dotenv",
+        "tests",
+        "test",
+        "bench",
+        "docs",
+        "build",
+        "dist",
+        "worker",
     }
-)
-# Standard-library module names, for Python versions without sys.stdlib_module_names.
-STDLIB_FALLBACK = frozenset(
-    "abc argparse array ast asyncio base64 bisect builtins calendar cmd code codecs collections "
-    "concurrent contextlib copy csv ctypes dataclasses datetime decimal difflib dis email enum "
-    "errno fcntl fileinput fnmatch fractions functools gc getopt getpass gettext glob gzip hashlib "
-    "heapq hmac html http imaplib importlib inspect io ipaddress itertools json keyword logging "
-    "lzma math mimetypes mmap multiprocessing numbers operator os pathlib pickle platform pprint "
-    "profile queue random re resource sched secrets select selectors shelve shlex shutil signal "
-    "site smtplib socket sqlite3 ssl stat statistics string struct subprocess sys tempfile test "
-    "textwrap threading time timeit token tokenize tomllib trace traceback types typing unittest "
-    "urllib uuid warnings weakref xml zipfile zlib zoneinfo".split()
 )
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
@@ -47,11 +60,6 @@ UNRENDERED = re.compile(r"\x7b[\x7b%]")  # an opening Jinja tag
 
 class Rejected(ValueError):
     """An answer the template cannot render."""
-
-
-def stdlib_names() -> frozenset[str]:
-    """Top-level standard-library module names of this Python."""
-    return frozenset(getattr(sys, "stdlib_module_names", STDLIB_FALLBACK))
 
 
 def check(context: dict) -> None:
@@ -78,7 +86,7 @@ def check(context: dict) -> None:
         )
     if keyword.iskeyword(slug) or keyword.issoftkeyword(slug):
         raise Rejected(f"project_name {name!r} gives the package name {slug!r}, a Python keyword")
-    if slug in stdlib_names():
+    if slug in sys.stdlib_module_names:
         raise Rejected(
             f"project_name {name!r} gives the package name {slug!r}, which would shadow the "
             "standard-library module of that name: choose another name"

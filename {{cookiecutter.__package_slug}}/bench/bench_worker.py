@@ -71,7 +71,9 @@ def bench_worker(n: int, cpu_ms: float) -> float:
 
 def stock_runner(reader: Any, writer: Any) -> quasiqueue.QuasiQueue:
     """Stock QuasiQueue with its own defaults (its annotations are narrower than its calls)."""
-    return quasiqueue.QuasiQueue("stock", reader=reader, writer=writer, settings=quasiqueue.Settings())
+    return quasiqueue.QuasiQueue(
+        "stock", reader=reader, writer=writer, settings=quasiqueue.Settings()
+    )
 
 
 def _serve_stock(n: int, cpu_ms: float, count: Any) -> None:
@@ -155,7 +157,10 @@ def main() -> None:
 
     print(f"{PROCESSES} processes, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     print(f"{'workload':<16}{'runner':<34}{'items/s':>10}  ratio")
-    for label, cpu_ms, n_fast, n_stock in (("trivial", 0.0, 40_000, 600), ("5 ms CPU", 5.0, 800, 300)):
+    for label, cpu_ms, n_fast, n_stock in (
+        ("trivial", 0.0, 40_000, 600),
+        ("5 ms CPU", 5.0, 800, 300),
+    ):
         n = max(20, int(n_fast * scale))
         stock = bench_stock(max(20, int(n_stock * scale)), cpu_ms, limit)
         ours = bench_worker(n, cpu_ms)

@@ -10,7 +10,10 @@ from pathlib import Path
 
 def main() -> int:
     project = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
+    }
     status = 0
     for script in sorted(Path(__file__).parent.glob("bench_*.py")):
         print(f"\n## {script.stem}", flush=True)

@@ -20,6 +20,8 @@ from {{ cookiecutter.__package_slug }}.settings import Settings
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 PROJECT = Path(__file__).resolve().parents[1]
+PREFIX = "{{ cookiecutter.__env_prefix }}"
+MODULE = "{{ cookiecutter.__package_slug }}.qq"
 
 
 @pytest.fixture
@@ -72,11 +74,11 @@ def test_runner_is_a_worker_over_these_functions() -> None:
 
 
 def test_drain_command_processes_every_sample_job_in_worker_processes() -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("{{ cookiecutter.__env_prefix }}")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(PREFIX)}
     result = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.__package_slug }}.qq", "drain"],
+        [sys.executable, "-m", MODULE, "drain"],
         cwd=PROJECT,
-        env=env | {"{{ cookiecutter.__env_prefix }}LOG_LEVEL": "INFO"},
+        env=env | {f"{PREFIX}LOG_LEVEL": "INFO"},
         capture_output=True,
         text=True,
         timeout=60,

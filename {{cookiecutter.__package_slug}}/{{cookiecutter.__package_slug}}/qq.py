@@ -1,9 +1,10 @@
-"""The writer, reader and context of {{ cookiecutter.project_name }}. This file is yours to edit.
+"""The writer, reader and context the worker runs. This file is yours to edit.
 
-`python -m {{ cookiecutter.__package_slug }}.qq` serves until SIGTERM/SIGINT;
-`python -m {{ cookiecutter.__package_slug }}.qq drain` runs until the writer has nothing more,
-prints a JSON summary and exits 1 if any item failed. The machinery is in `worker/`;
-docs/worker.md explains the contract of each function.
+Serve until SIGTERM/SIGINT:
+    python -m {{ cookiecutter.__package_slug }}.qq
+Run until the writer has nothing more, print a JSON summary, exit 1 if an item failed:
+    python -m {{ cookiecutter.__package_slug }}.qq drain
+The machinery is in `worker/`; docs/worker.md explains the contract of each function.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Settings, read from `{{ cookiecutter.__env_prefix }}*` environment variables and a `.env` file.
+"""Settings, read from environment variables and a `.env` file.
 
-Every setting is listed with its default in `.env.example`. The prefix is set here, on the
-final class, so it is the same whatever features the project was rendered with; QuasiQueue's
-own `QUASIQUEUE_*` variables are not read.
+Each variable is the field name in capitals after the prefix {{ cookiecutter.__env_prefix }}
+`.env.example` lists them all with their defaults. The prefix is set here, on the final
+class, so it is the same whatever features the project was rendered with; QuasiQueue's own
+`QUASIQUEUE_*` variables are not read.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -14,8 +15,6 @@ from .errors import WorkerError
 
 if TYPE_CHECKING:
     from .runner import Worker
-
-T = TypeVar("T")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
@@ -32,12 +31,14 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
     @app.command()
     def serve() -> None:
         """Serve until SIGTERM or SIGINT (the default command)."""
-        _guarded(lambda: asyncio.run(worker.main()))
+        with _exit_on_worker_error():
+            asyncio.run(worker.main())
 
     @app.command()
     def drain() -> None:
         """Process until the writer has nothing more; print a JSON summary; exit 1 on failures."""
-        summary = _guarded(lambda: asyncio.run(worker.drain()))
+        with _exit_on_worker_error():
+            summary = asyncio.run(worker.drain())
         typer.echo(summary.to_json())
         raise typer.Exit(0 if summary.ok else 1)
 
@@ -46,9 +47,11 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
     app(args=args, prog_name=f"python -m {type(worker).__module__.split('.')[0]}.qq")
 
 
-def _guarded(call: Callable[[], T]) -> T:
+@contextmanager
+def _exit_on_worker_error() -> Iterator[None]:
+    """Print a WorkerError as one line and exit 2: the message says what to fix."""
     try:
-        return call()
+        yield
     except WorkerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -443,10 +443,10 @@ def _signame(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for `event` at most `timeout` seconds; return whether it is set."""
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for `event` at most `seconds`; return whether it is set."""
     if not event.is_set():
         waiter = asyncio.ensure_future(event.wait())
-        await asyncio.wait({waiter}, timeout=timeout)
+        await asyncio.wait({waiter}, timeout=seconds)
         waiter.cancel()
     return event.is_set()

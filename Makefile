@@ -1,0 +1,28 @@
+# The template's two commands: `make demo` and `make test`. Both need only Python 3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= build/demo
+
+.PHONY: demo test lint clean
+
+$(BIN)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## demo: render the defaults, install them in their own venv, drain the sample jobs
+demo: $(BIN)/.installed
+	$(BIN)/python tools/demo.py --output-dir $(DEMO_DIR)
+
+## test: the template's whole test suite (hooks, render matrix, cruft round trip, demo)
+test: $(BIN)/.installed lint
+	$(BIN)/python -m pytest tests
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check hooks tools tests
+	$(BIN)/ruff format --check hooks tools tests
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,65 @@
+"""`cruft create`, a user edit, a new template commit, `cruft update`: both changes kept."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import BIN, TEMPLATE, run
+
+IGNORED = shutil.ignore_patterns(".git", ".venv", "build", "__pycache__", ".*_cache")
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = run(["git", *args], cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    shutil.copytree(TEMPLATE, template, ignore=IGNORED)
+    git(template, "init", "-q", "-b", "main")
+    git(template, "add", "-A")
+    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "v1")
+
+    out = tmp_path / "out"
+    created = run(
+        [str(BIN / "cruft"), "create", "--no-input", "--output-dir", str(out), str(template)],
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    project = out / "my_worker"
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "created")
+
+    qq = project / "my_worker" / "qq.py"
+    qq.write_text(qq.read_text().replace("a stand-in for real work", "our real work"))
+    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qam", "edit")
+
+    summary = (
+        template
+        / "{{cookiecutter.__package_slug}}"
+        / "{{cookiecutter.__package_slug}}"
+        / "worker"
+        / "summary.py"
+    )
+    summary.write_text(
+        summary.read_text().replace(
+            '"""The result of one run of the worker."""',
+            '"""The result of one run of the worker (v2)."""',
+        )
+    )
+    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+
+    checked = run([str(BIN / "cruft"), "check"], cwd=project)
+    assert checked.returncode != 0  # the project is behind the template
+    updated = run(
+        [str(BIN / "cruft"), "update", "--skip-apply-ask", "--allow-untracked-files"], cwd=project
+    )
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+
+    assert "(v2)" in (project / "my_worker" / "worker" / "summary.py").read_text()
+    assert "our real work" in qq.read_text()
+    assert run([str(BIN / "cruft"), "check"], cwd=project).returncode == 0

@@ -1,0 +1,177 @@
+"""The hooks: every rejected answer, injection safety, pruning, and validation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tomllib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import TEMPLATE
+from cookiecutter.environment import StrictEnvironment
+from cookiecutter.generate import generate_context
+
+
+def default_context(**answers: Any) -> dict[str, Any]:
+    """The context cookiecutter builds from cookiecutter.json and `answers`, fully rendered."""
+    from cookiecutter.prompt import prompt_for_config
+
+    context = generate_context(str(TEMPLATE / "cookiecutter.json"), extra_context=answers)
+    return dict(prompt_for_config(context, no_input=True))
+
+
+def load_hook(name: str, context: dict[str, Any], tmp_path: Path) -> ModuleType:
+    """Render a hook as cookiecutter does and import it as a module."""
+    source = (TEMPLATE / "hooks" / f"{name}.py").read_text()
+    env = StrictEnvironment(context={"cookiecutter": context}, keep_trailing_newline=True)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.py"
+    path.write_text(env.from_string(source).render(cookiecutter=context))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REJECTED = [
+    ({"project_name": "class"}, "gives the package name 'class', a Python keyword"),
+    ({"project_name": "Queue"}, "would shadow the standard-library module"),
+    ({"project_name": "asyncio"}, "would shadow the standard-library module"),
+    ({"project_name": "QuasiQueue"}, "would shadow a package the project depends on"),
+    ({"project_name": "aiocache"}, "would shadow a package the project depends on"),
+    ({"project_name": "pydantic"}, "would shadow a package the project depends on"),
+    ({"project_name": "9 Lives"}, "'9_lives', which is not a Python identifier"),
+    ({"project_name": "My Worker!"}, "'my_worker!', which is not a Python identifier"),
+    ({"project_name": "   "}, "project_name is empty"),
+    ({"project_name": "x" * 41}, "is 41 characters long: the limit is 40"),
+    ({"author_email": "not-an-email"}, "author_email 'not-an-email' is not an email address"),
+    ({"author_email": "a@b"}, "author_email 'a@b' is not an email address"),
+    ({"description": "two\nlines"}, "description 'two\\nlines' spans several lines"),
+]
+
+
+@pytest.mark.parametrize(("answers", "message"), REJECTED)
+def test_rejected_answers_leave_nothing_behind(
+    cookies: Any,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    answers: dict[str, str],
+    message: str,
+) -> None:
+    result = cookies.bake(extra_context=answers)
+
+    assert result.exit_code != 0
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
+    assert message in errors[0]
+    assert len(errors[0]) < 300
+    output = tmp_path / "cookies" / "bake00"  # where pytest-cookies rendered this bake
+    assert list(output.iterdir()) == []
+
+
+def test_unrendered_private_variable_says_upgrade(tmp_path: Path) -> None:
+    context = default_context()
+    context["__package_slug"] = "{{ cookiecutter.project_name|lower }}"
+    hook = load_hook("pre_gen_project", default_context(), tmp_path)
+    with pytest.raises(hook.Rejected, match=r"__package_slug was not rendered .* upgrade it"):
+        hook.check(context)
+
+
+def test_every_rule_accepts_the_defaults(tmp_path: Path) -> None:
+    hook = load_hook("pre_gen_project", default_context(), tmp_path)
+    hook.check(default_context())
+    assert hook.main() == 0
+
+
+def test_a_name_crafted_to_run_code_does_not_run(cookies: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = f'x"""); import os; os.system("touch {marker}"); ("""'
+    for field in ("project_name", "author_name", "description"):
+        cookies.bake(extra_context={field: payload})
+        assert not marker.exists(), field
+
+
+def test_crafted_text_renders_as_data(cookies: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = f'"""); __import__("os").system("touch {marker}"); ("""'
+    result = cookies.bake(extra_context={"description": payload, "author_name": payload})
+
+    assert result.exit_code == 0, result.exception
+    project = Path(result.project_path)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["description"] == payload
+    assert pyproject["project"]["authors"][0]["name"] == payload
+    namespace: dict[str, Any] = {}
+    exec((project / "my_worker" / "__init__.py").read_text(), namespace)
+    assert namespace["__doc__"] == payload
+    assert not marker.exists()
+
+
+def test_post_gen_hook_is_safe_to_run_twice(cookies: Any, tmp_path: Path) -> None:
+    result = cookies.bake()
+    project = Path(result.project_path)
+    before = sorted(str(p.relative_to(project)) for p in project.rglob("*"))
+    context = default_context()
+    hook = load_hook("post_gen_project", context, tmp_path)
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        assert hook.main() == 0
+    finally:
+        os.chdir(cwd)
+    after = sorted(str(p.relative_to(project)) for p in project.rglob("*"))
+    assert after == before
+
+
+def test_pruning_removes_disabled_feature_files_and_empty_folders(tmp_path: Path) -> None:
+    context = default_context(include_aiocache=False)
+    hook = load_hook("post_gen_project", context, tmp_path)
+    root = tmp_path / "project"
+    (root / "my_worker").mkdir(parents=True)
+    (root / "my_worker" / "cache.py").write_text("")
+    (root / "docs").mkdir()
+    (root / "docs" / "cache.md").write_text("")
+    (root / "my_worker" / "qq.py").write_text("")
+
+    removed = hook.prune(root, context)
+
+    assert sorted(p.relative_to(root).as_posix() for p in removed) == [
+        "docs",
+        "docs/cache.md",
+        "my_worker/cache.py",
+    ]
+    assert (root / "my_worker" / "qq.py").exists()
+    assert hook.prune(root, context) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        ("a.py", "def broken(:\n", "a.py: does not parse: SyntaxError"),
+        ("b.yaml", "key: [unclosed\n", "b.yaml: does not parse"),
+        ("c.json", "{nope}", "c.json: does not parse: JSONDecodeError"),
+        ("d.toml", "x = = 1", "d.toml: does not parse"),
+        ("e.md", "text\n{{ cookiecutter.project_name }}\n", "e.md:2: leftover Jinja"),
+        ("f.py", "# {% if cookiecutter.x %}\n", "f.py:1: leftover Jinja"),
+    ],
+)
+def test_validation_reports_each_broken_file(
+    tmp_path: Path, name: str, text: str, problem: str
+) -> None:
+    hook = load_hook("post_gen_project", default_context(), tmp_path / "hook")
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / name).write_text(text)
+    problems = hook.validate(root)
+    assert len(problems) == 1
+    assert problems[0].startswith(problem)
+
+
+def test_cookiecutter_json_prompts_cover_every_question() -> None:
+    config = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    questions = {key for key in config if not key.startswith("_")}
+    assert questions == set(config["__prompts__"])
