@@ -38,6 +38,7 @@ COMBOS: dict[str, dict[str, Any]] = {
         "license": "GPL-3.0-only",
         "python_version": "3.12",
     },
+    "longest-name": {"project_name": "Fmt Probe As Long As The Longest Name Xx"},
     "odd-text": {
         "project_name": "Quote Worker",
         "description": "Says \"hi\" \\ and 'bye' {not jinja} <b>&",

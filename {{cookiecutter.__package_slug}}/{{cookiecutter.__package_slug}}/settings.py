@@ -1,6 +1,6 @@
 """Settings, read from environment variables and a `.env` file.
 
-Each variable is the field name in capitals after the prefix {{ cookiecutter.__env_prefix }}
+Each variable is a field name in capitals after {{ cookiecutter.__env_prefix }}
 `.env.example` lists them all with their defaults. The prefix is set here, on the final
 class, so it is the same whatever features the project was rendered with; QuasiQueue's own
 `QUASIQUEUE_*` variables are not read.
@@ -47,8 +47,11 @@ class Settings(QuasiQueueSettings):
     # The cache (see docs/cache.md).
     cache_url: str = "memory://"
     cache_password: SecretStr | None = None
-    cache_namespace: str = "{{ cookiecutter.__package_slug }}"
-    cache_ttl: float = Field(default=3600.0, ge=0)
+    cache_namespace: str = Field(
+        default="{{ cookiecutter.__package_slug }}",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    )
+    cache_ttl: int = Field(default=3600, ge=0)
     cache_enabled: bool = True
 {%- endif %}
 

@@ -1,0 +1,170 @@
+"""The cache against real servers: round trips, namespaces, per-process wiring, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import Server, running
+from support import Journal, fast_settings, writer_over
+
+from {{ cookiecutter.__package_slug }} import cache as cache_module
+from {{ cookiecutter.__package_slug }}.cache import Cache, CacheError, cached, open_cache
+from {{ cookiecutter.__package_slug }}.settings import Settings
+from {{ cookiecutter.__package_slug }}.worker import Worker
+
+
+@dataclass
+class Point:
+    x: int
+    at: datetime.datetime
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running("redis", tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running("memcached", tmp_path_factory.mktemp("memcached")) as server:
+        yield server
+
+
+def cache_settings(url: str, **overrides: Any) -> Settings:
+    return fast_settings(cache_url=url, **overrides)
+
+
+@pytest.fixture(params=["memory", "redis", "memcached"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    server: Server = request.getfixturevalue(request.param)
+    return f"{request.param}://127.0.0.1:{server.port}" + ("/0" if request.param == "redis" else "")
+
+
+async def test_values_round_trip(url: str) -> None:
+    value = {"point": Point(3, datetime.datetime(2026, 1, 2, 3, 4, 5)), "tags": ("a", "b")}
+    async with open_cache(cache_settings(url, cache_namespace=f"rt{os.getpid()}")) as cache:
+        assert await cache.set("key", value)
+        assert await cache.get("key") == value
+        assert await cache.delete("key")
+        assert await cache.get("key", "gone") == "gone"
+
+
+async def test_ttl_expires_values(url: str) -> None:
+    async with open_cache(cache_settings(url, cache_namespace="ttl")) as cache:
+        assert await cache.set("short", 1, ttl=1)
+        assert await cache.set("long", 2)
+        deadline = asyncio.get_running_loop().time() + 5
+        while await cache.get("short") is not None:
+            assert asyncio.get_running_loop().time() < deadline, "value outlived its TTL"
+            await asyncio.sleep(0.05)
+        assert await cache.get("long") == 2
+
+
+async def test_clearing_one_namespace_keeps_the_other(redis: Server) -> None:
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    async with (
+        open_cache(cache_settings(url, cache_namespace="one")) as one,
+        open_cache(cache_settings(url, cache_namespace="two")) as two,
+    ):
+        await one.set("k", "from one")
+        await two.set("k", "from two")
+        assert await one.clear()
+        assert await one.get("k") is None
+        assert await two.get("k") == "from two"
+
+
+async def test_memcached_refuses_to_clear_the_whole_server(memcached: Server) -> None:
+    async with open_cache(cache_settings(f"memcached://127.0.0.1:{memcached.port}")) as cache:
+        with pytest.raises(CacheError, match="cannot clear one namespace"):
+            await cache.clear()
+
+
+async def test_disabled_cache_is_a_no_op() -> None:
+    async with open_cache(fast_settings(cache_enabled=False)) as cache:
+        assert not cache.enabled
+        assert await cache.set("k", 1) is False
+        assert await cache.get("k", "miss") == "miss"
+
+
+def test_password_stays_secret() -> None:
+    settings = fast_settings(cache_url="redis://127.0.0.1:1/0", cache_password="hunter2")
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in repr(Cache(None, settings.cache_url, "ns", None))
+    with pytest.raises(CacheError, match="move it to CACHE_PASSWORD"):
+        cache_module._backend(fast_settings(cache_url="redis://:hunter2@127.0.0.1:1/0"))
+    with pytest.raises(CacheError, match="has scheme 'http'"):
+        cache_module._backend(fast_settings(cache_url="http://example"))
+
+
+async def test_cached_decorator_and_module_helpers() -> None:
+    calls: list[int] = []
+
+    @cached(ttl=60)
+    async def square(n: int) -> int:
+        calls.append(n)
+        return n * n
+
+    with pytest.raises(CacheError, match="no cache is open in this process"):
+        await square(2)
+    async with open_cache(fast_settings()):
+        assert [await square(3), await square(3), await square(4)] == [9, 9, 16]
+        assert await cache_module.set("k", "v")
+        assert await cache_module.get("k") == "v"
+        assert await cache_module.delete("k")
+    assert calls == [3, 4]
+
+
+def redis_worker(url: str, journal: Journal, log: Path, kill: Server | None = None) -> Worker:
+    async def context(settings: Settings) -> AsyncIterator[Cache]:
+        handler = logging.FileHandler(log)
+        logging.getLogger(cache_module.__name__).addHandler(handler)
+        async with open_cache(settings) as cache:
+            yield cache
+
+    async def reader(item: int, ctx: Cache) -> None:
+        if kill is not None and item == 100:
+            os.kill(kill.pid, signal.SIGKILL)
+        stored = await ctx.set(f"item-{item}", item * 2)
+        journal.add(item, stored, os.getpid())
+
+    settings = cache_settings(url, cache_namespace="drain")
+    writer = writer_over(range(300))
+    return Worker("t", reader=reader, writer=writer, context=context, settings=settings)
+
+
+async def test_readers_in_worker_processes_fill_the_cache_the_parent_reads(
+    redis: Server, journal: Journal, tmp_path: Path
+) -> None:
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    summary = await redis_worker(url, journal, tmp_path / "cache.log").drain()
+
+    assert summary.succeeded == 300
+    assert len(journal.column(2)) == 2  # two worker processes, each with its own cache
+    async with open_cache(cache_settings(url, cache_namespace="drain")) as cache:
+        values = [await cache.get(f"item-{n}") for n in range(300)]
+    assert values == [n * 2 for n in range(300)]
+
+
+async def test_redis_killed_mid_drain_fails_soft(tmp_path: Path, journal: Journal) -> None:
+    log = tmp_path / "cache.log"
+    with running("redis", tmp_path) as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        summary = await redis_worker(url, journal, log, kill=server).drain()
+
+    assert (summary.succeeded, summary.failed) == (300, 0)
+    stored = journal.column(1)
+    assert stored["False"] > 0  # calls after the kill failed soft
+    assert sum(stored.values()) == 300
+    assert "cache set failed" in log.read_text()

@@ -1,0 +1,192 @@
+"""The cache: opened once in each worker process (in `context`), never in the parent.
+
+`open_cache(settings)` builds an aiocache backend from `CACHE_URL` (`memory://`,
+`redis://host:port/db`, `memcached://host:port`) and yields a `Cache`. Its calls fail soft:
+when the server is down they log a warning and behave as a miss, so the worker keeps
+processing items. Values are pickled, so any picklable value (datetimes, dataclasses)
+round-trips; only let trusted code write to the cache server. docs/cache.md has the details.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from aiocache import Cache as Backends
+from aiocache.serializers import PickleSerializer
+
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# aiocache 0.12.3 calls two redis-py methods that redis-py 5 deprecated; the calls still work.
+for _message in (
+    "Call to deprecated close. (Use aclose() instead) -- Deprecated since version 5.0.1.",
+    "Call to deprecated setex. (Use 'set' instead.) -- Deprecated since version 2.6.12.",
+):
+    warnings.filterwarnings("ignore", message=re.escape(_message), category=DeprecationWarning)
+
+R = TypeVar("R")
+WARN_EVERY = 10.0  # seconds between two warnings about the same failing operation
+OPERATION_TIMEOUT = 1.0  # seconds a cache call may take before it counts as failed
+
+_current: Cache | None = None  # the cache of this process, set by open_cache
+
+
+class CacheError(Exception):
+    """A cache URL or operation the cache cannot serve."""
+
+
+class Cache:
+    """A namespaced cache whose calls never raise when the server is unavailable."""
+
+    def __init__(self, backend: Any, url: str, namespace: str, ttl: int | None) -> None:
+        self._backend = backend
+        self.url = url
+        self.namespace = namespace
+        self.ttl = ttl
+        self._warned: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"Cache(url={self.url!r}, namespace={self.namespace!r}, ttl={self.ttl!r})"
+
+    @property
+    def enabled(self) -> bool:
+        """False when CACHE_ENABLED is off: every call is then a no-op miss."""
+        return self._backend is not None
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value under `key`, or `default` when missing or unreachable."""
+        return await self._call("get", default, key, default=default)
+
+    async def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
+        """Store `value` for `ttl` seconds (default: CACHE_TTL); False if not stored."""
+        return bool(await self._call("set", False, key, value, ttl=ttl or self.ttl))
+
+    async def delete(self, key: str) -> bool:
+        """Remove `key`; False if it was not there or the server is unreachable."""
+        return bool(await self._call("delete", False, key))
+
+    async def clear(self) -> bool:
+        """Remove every key of this namespace, and nothing else."""
+        if self.url.startswith("memcached"):
+            raise CacheError(
+                "memcached cannot clear one namespace without flushing the whole server: "
+                "let the keys expire (CACHE_TTL) or use Redis"
+            )
+        return bool(await self._call("clear", False, namespace=self.namespace))
+
+    async def close(self) -> None:
+        """Close the backend's connections."""
+        if self._backend is not None:
+            await self._call("close", None)
+
+    async def _call(self, operation: str, fallback: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._backend is None:
+            return fallback
+        try:
+            return await getattr(self._backend, operation)(*args, **kwargs)
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._warned.get(operation, -WARN_EVERY) >= WARN_EVERY:
+                self._warned[operation] = now
+                logger.warning(
+                    "cache %s failed on %s, carrying on without it: %r", operation, self, exc
+                )
+            return fallback
+
+
+def _backend(settings: Settings) -> Any:
+    url = urlsplit(settings.cache_url)
+    if url.password:
+        raise CacheError(
+            "CACHE_URL holds a password: move it to CACHE_PASSWORD, which is kept secret"
+        )
+    common: dict[str, Any] = {
+        "namespace": settings.cache_namespace,
+        "serializer": PickleSerializer(),
+        "timeout": OPERATION_TIMEOUT,
+    }
+    password = settings.cache_password.get_secret_value() if settings.cache_password else None
+    if url.scheme == "memory":
+        return Backends(Backends.MEMORY, **common)
+    if url.scheme == "redis":
+        db = int(url.path.strip("/") or 0)
+        host, port = url.hostname or "127.0.0.1", url.port or 6379
+        return Backends(
+            Backends.REDIS, endpoint=host, port=port, db=db, password=password, **common
+        )
+    if url.scheme == "memcached":
+        host, port = url.hostname or "127.0.0.1", url.port or 11211
+        return Backends(Backends.MEMCACHED, endpoint=host, port=port, **common)
+    raise CacheError(
+        f"CACHE_URL {settings.cache_url!r} has scheme {url.scheme!r}: "
+        "use memory://, redis://host:port/db or memcached://host:port"
+    )
+
+
+@asynccontextmanager
+async def open_cache(settings: Settings) -> AsyncIterator[Cache]:
+    """Open this process's cache, make it the current one, and close it on exit."""
+    global _current
+    backend = _backend(settings) if settings.cache_enabled else None
+    cache = Cache(backend, settings.cache_url, settings.cache_namespace, settings.cache_ttl or None)
+    _current = cache
+    try:
+        yield cache
+    finally:
+        _current = None
+        await cache.close()
+
+
+def current() -> Cache:
+    """The cache opened by this process's context; raises in a process that has none."""
+    if _current is None:
+        raise CacheError("no cache is open in this process: open it in context() with open_cache")
+    return _current
+
+
+async def get(key: str, default: Any = None) -> Any:
+    """`current().get(...)`."""
+    return await current().get(key, default)
+
+
+async def set(key: str, value: Any, ttl: int | None = None) -> bool:
+    """`current().set(...)`."""
+    return await current().set(key, value, ttl)
+
+
+async def delete(key: str) -> bool:
+    """`current().delete(...)`."""
+    return await current().delete(key)
+
+
+def cached(
+    ttl: int | None = None,
+) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+    """Cache an async function's results in the current cache, keyed by its arguments."""
+
+    def decorate(function: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        name = f"{function.__module__}.{function.__qualname__}"
+        missing = object()
+
+        @functools.wraps(function)
+        async def wrapper(*args: Any, **kwargs: Any) -> R:
+            cache = current()
+            key = f"{name}:{args!r}:{sorted(kwargs.items())!r}"
+            value = await cache.get(key, missing)
+            if value is missing:
+                value = await function(*args, **kwargs)
+                await cache.set(key, value, ttl)
+            return value  # type: ignore[no-any-return]
+
+        return wrapper
+
+    return decorate
