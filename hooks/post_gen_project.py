@@ -35,7 +35,7 @@ FEATURE_FILES = {
     "include_bounded_queue": [
         "{slug}/bounded_queue.py",
         "tests/test_bounded_queue.py",
-        "tests/test_bounded_queue_docs.py",
+        "tests/test_bounded_queue_props.py",
         "bench/bench_bounded_queue.py",
         "docs/bounded_queue.md",
     ],

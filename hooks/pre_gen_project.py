@@ -79,6 +79,10 @@ def check(context: dict) -> None:
             f"project_name {name[:20]!r}... is {len(name)} characters long: "
             f"the limit is {MAX_NAME_LENGTH}"
         )
+    if "/" in name or "\\" in name:
+        raise Rejected(
+            f"project_name {name!r} contains a slash: use letters, digits, spaces, '-' or '_'"
+        )
     if not IDENTIFIER.fullmatch(slug):
         raise Rejected(
             f"project_name {name!r} gives the package name {slug!r}, which is not a Python "

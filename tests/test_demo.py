@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from conftest import TEMPLATE, run
 
@@ -16,3 +17,14 @@ def test_make_demo(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"summary +100 of 100 sample jobs succeeded, 0 failed", result.stdout)
     assert (tmp_path / "demo" / "my_worker" / ".venv" / "bin" / "python").exists()
+
+
+def test_rendered_readme_commands(cookies: Any) -> None:
+    """The rendered README's two commands, `make install` and `make test`, work as written."""
+    result = cookies.bake()
+    project = Path(result.project_path)
+    installed = run(["make", "install"], cwd=project, timeout=900)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    tested = run(["make", "test"], cwd=project, timeout=900)
+    assert tested.returncode == 0, tested.stdout[-5000:] + tested.stderr[-3000:]
+    assert re.search(r"\d+ passed", tested.stdout)

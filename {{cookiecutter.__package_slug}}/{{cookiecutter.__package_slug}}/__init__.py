@@ -1,3 +1,3 @@
-{{ cookiecutter.description | tojson }}
+"""{{ cookiecutter.project_name }}: a queue worker built on QuasiQueue."""
 
 __version__ = "0.1.0"

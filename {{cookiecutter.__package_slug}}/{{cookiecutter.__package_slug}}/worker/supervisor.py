@@ -118,6 +118,7 @@ class Supervisor:
         self.children: list[_Child] = []
         self.connecting: set[asyncio.Task[None]] = set()
         self.launched = 0
+        self.turn = 0  # which worker process is offered items first
         self.unstarted: list[Any] = []
         self.enqueued = self.succeeded = self.failed = self.retried = self.skipped = 0
 
@@ -290,7 +291,9 @@ class Supervisor:
         pending = self.pending
         if self.stopped.is_set():
             return
-        for child in self.children:
+        children = self.children
+        self.turn = (self.turn + 1) % len(children) if children else 0
+        for child in children[self.turn :] + children[: self.turn]:  # take turns going first
             if not pending:
                 break
             if not child.ready or child.retiring or child.transport is None:
