@@ -41,9 +41,11 @@ FEATURE_FILES = {
     ],
     "include_spool": [
         "{slug}/spool.py",
+        "{slug}/spool_source.py",
         "tests/test_spool.py",
-        "tests/test_spool_crash.py",
-        "tests/test_spool_docs.py",
+        "tests/test_spool_worker.py",
+        "tests/test_spool_props.py",
+        "tests/test_spool_procs.py",
         "bench/bench_spool.py",
         "docs/spool.md",
     ],

@@ -38,6 +38,13 @@ COMBOS: dict[str, dict[str, Any]] = {
         "license": "GPL-3.0-only",
         "python_version": "3.12",
     },
+    "spool-and-queue": {
+        **ALL_OFF,
+        "include_spool": True,
+        "include_bounded_queue": True,
+        "project_name": "orders",
+        "python_version": "3.12",
+    },
     "longest-name": {"project_name": "Fmt Probe As Long As The Longest Name Xx"},
     "odd-text": {
         "project_name": "Quote Worker",

@@ -5,6 +5,11 @@ Serve until SIGTERM/SIGINT:
 Run until the writer has nothing more, print a JSON summary, exit 1 if an item failed:
     python -m {{ cookiecutter.__package_slug }}.qq drain
 The machinery is in `worker/`; docs/worker.md explains the contract of each function.
+{%- if cookiecutter.include_spool %}
+For a durable source, `spool_source.SpoolWorker` takes the place of `Worker` and this writer:
+it yields the records of a spool folder and acks each batch once all of them succeeded
+(docs/spool.md, "The worker recipe").
+{%- endif %}
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ class Worker:
     Built like `quasiqueue.QuasiQueue(name, reader, writer, context, settings)` and calls the
     functions the same way, by keyword. `main()` serves until SIGTERM or SIGINT; `drain()` runs
     until the writer has nothing more and every item has finished, and returns a `Summary`.
-    Subclass it and override `on_failure` / `on_unstarted` to send failed or never-started
-    items back to a durable source.
+    Subclass it and override `on_success` / `on_failure` / `on_unstarted` to settle items
+    with a durable source.
     """
 
     def __init__(
@@ -42,6 +42,9 @@ class Worker:
         self._reader_takes = check_reader(reader)
         self._writer_takes = check_writer(writer)
         check_context(context)
+
+    def on_success(self, item: Any) -> None:
+        """Called in the parent for each item whose reader succeeded. Does nothing by default."""
 
     def on_failure(self, item: Any, error: str) -> None:
         """Called in the parent for each item that failed its last attempt. Logs by default."""
@@ -82,5 +85,5 @@ class Worker:
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,
         )
-        hooks = Hooks(on_failure=self.on_failure, on_unstarted=self.on_unstarted)
+        hooks = Hooks(self.on_success, self.on_failure, self.on_unstarted)
         return Supervisor(self.name, self.writer, self._writer_takes, plan, hooks, drain=drain)

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 FORK = multiprocessing.get_context("fork")
 KILL_WAIT = 5.0  # seconds to wait for a killed process to be reaped
+RECENT_LIMIT = 100_000  # items remembered for requeue protection, at most
 
 
 @dataclass(eq=False)
@@ -74,8 +75,9 @@ class _Link(asyncio.Protocol):
 
 @dataclass
 class Hooks:
-    """Where the supervisor reports items it could not finish."""
+    """Where the supervisor reports how each item ended."""
 
+    on_success: Callable[[Any], None]
     on_failure: Callable[[Any, str], None]
     on_unstarted: Callable[[list[Any]], None]
 
@@ -252,6 +254,8 @@ class Supervisor:
                 self.skipped += 1
                 return 0
             recent[key] = now
+            if len(recent) > RECENT_LIMIT:  # bound memory at high rates: forget the oldest
+                recent.popitem(last=False)
         seq = next(self.seq)
         self.items[seq] = item
         self.pending.append((seq, payload))
@@ -323,7 +327,11 @@ class Supervisor:
         kind = frame.kind
         if kind == Kind.SUCCEEDED:
             self.succeeded += 1
-            self._settle(child, frame)
+            item = self._settle(child, frame)
+            try:
+                self.hooks.on_success(item)
+            except Exception:
+                logger.exception("[%s] on_success raised for %s", self.name, shorten(item))
         elif kind == Kind.FAILED:
             self.failed += 1
             item = self._settle(child, frame)
