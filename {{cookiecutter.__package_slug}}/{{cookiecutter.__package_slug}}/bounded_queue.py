@@ -525,18 +525,21 @@ class BoundedQueue(Generic[T]):
             timeout = _check_timeout("timeout", timeout)
         if self._status is not _PROCESSING:
             self._refuse("put")
-        queue = self._queue
-        if len(queue) >= self._maxsize:
+        if len(self._queue) >= self._maxsize:
             await self._wait_for_room(self._timeout if timeout is None else timeout)
+        self._admit(item)
+        return True
+
+    def _admit(self, item: T) -> None:
+        """Append an item there is room for, count it, and wake a waiting getter."""
         self._put(item)
         self._unfinished += 1
         self._enqueued += 1
-        depth = len(queue)
+        depth = len(self._queue)
         if depth > self._max_depth:
             self._max_depth = depth
         if self._getters:
             _wakeup_next(self._getters)
-        return True
 
     def put_nowait(self, item: T) -> None:
         """Add ``item`` now or raise :class:`QueueFullError` (never waits)."""
@@ -547,18 +550,10 @@ class BoundedQueue(Generic[T]):
         """Add ``item`` if there is room now; return False (and wait not) if full."""
         if self._status is not _PROCESSING:
             self._refuse("put")
-        queue = self._queue
-        if len(queue) >= self._maxsize:
+        if len(self._queue) >= self._maxsize:
             self._backpressure_events += 1
             return False
-        self._put(item)
-        self._unfinished += 1
-        self._enqueued += 1
-        depth = len(queue)
-        if depth > self._max_depth:
-            self._max_depth = depth
-        if self._getters:
-            _wakeup_next(self._getters)
+        self._admit(item)
         return True
 
     async def _wait_for_room(self, timeout: float | None) -> None:
