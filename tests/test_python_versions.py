@@ -1,0 +1,62 @@
+"""The oldest and newest supported Pythons run a render with every feature on.
+
+Each interpreter gets its own virtual environment under build/venvs/, reused while
+requirements-dev.txt is unchanged. Under CI=true a missing interpreter fails the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FEATURES, TEMPLATE, run
+
+VERSIONS = ("3.10", "3.13")
+
+
+def interpreter(version: str) -> str:
+    """The path of Python `version`: pyenv's build, or one on PATH (pyenv shims excluded)."""
+    candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")))
+    on_path = shutil.which(f"python{version}")
+    if on_path and "/shims/" not in on_path:
+        candidates.append(on_path)
+    if not candidates:
+        message = f"Python {version} is not installed (pyenv install {version})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return candidates[0]
+
+
+def environment(version: str) -> Path:
+    """A venv for `version` with requirements-dev.txt installed, made once per change of it."""
+    requirements = TEMPLATE / "requirements-dev.txt"
+    stamp = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    venv = TEMPLATE / "build" / "venvs" / f"py{version}"
+    marker = venv / f".installed-{stamp}"
+    if not marker.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([interpreter(version), "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "-r", str(requirements)], check=True, timeout=900)
+        marker.touch()
+    return venv / "bin" / "python"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_all_features_on_python(version: str, cookies: Any) -> None:
+    python = environment(version)
+    answers = {**dict.fromkeys(FEATURES, True), "python_version": version}
+    project = Path(cookies.bake(extra_context=answers).project_path)
+
+    typed = run([str(python), "-m", "mypy", "--strict", "."], cwd=project)
+    assert typed.returncode == 0, typed.stdout
+    tested = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+    assert tested.returncode == 0, tested.stdout[-6000:] + tested.stderr[-3000:]
+    assert f"Python {version}" in run([str(python), "--version"], cwd=project).stdout
