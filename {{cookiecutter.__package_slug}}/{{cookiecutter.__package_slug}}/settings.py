@@ -8,6 +8,8 @@ class, so it is the same whatever features the project was rendered with; QuasiQ
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field{% if cookiecutter.include_aiocache %}, SecretStr{% endif %}
 from pydantic_settings import SettingsConfigDict
 from quasiqueue import Settings as QuasiQueueSettings
@@ -27,6 +29,7 @@ class Settings(QuasiQueueSettings):
 
     project_name: str = "{{ cookiecutter.__package_slug }}"
     log_level: str = Field(default="INFO", pattern="^(?i:debug|info|warning|error|critical)$")
+    log_format: Literal["text", "json"] = "text"
 
     # QuasiQueue's settings, with the defaults this runner is tuned for (see .env.example).
     num_processes: int = Field(default=2, ge=1)

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import typer
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import WorkerError
+from .logs import configure_logging
 
 if TYPE_CHECKING:
     from .runner import Worker
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """Send log records of the parent and its worker processes to stderr."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
 def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
@@ -37,14 +33,29 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
     @app.command()
     def drain() -> None:
         """Process until the writer has nothing more; print a JSON summary; exit 1 on failures."""
-        with _exit_on_worker_error():
-            summary = asyncio.run(worker.drain())
+        with _exit_on_worker_error(), _progress_bar() as progress:
+            summary = asyncio.run(worker.drain(progress))
         typer.echo(summary.to_json())
         raise typer.Exit(0 if summary.ok else 1)
 
-    configure_logging(worker.settings.log_level)
+    configure_logging(worker.settings.log_level, worker.settings.log_format)
     args = list(sys.argv[1:] if argv is None else argv) or ["serve"]
     app(args=args, prog_name=f"python -m {type(worker).__module__.split('.')[0]}.qq")
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar on a terminal; nothing in pipes, files or CI (where CI is set)."""
+    if not sys.stderr.isatty() or os.environ.get("CI"):
+        yield None
+        return
+    with tqdm(unit="item", file=sys.stderr, dynamic_ncols=True) as bar, logging_redirect_tqdm():
+
+        def update(finished: int, enqueued: int) -> None:
+            bar.total = enqueued
+            bar.update(finished - bar.n)
+
+        yield update
 
 
 @contextmanager

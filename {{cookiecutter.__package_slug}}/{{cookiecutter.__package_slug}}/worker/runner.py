@@ -62,9 +62,13 @@ class Worker:
         summary = await self._supervisor(drain=False).run()
         logger.info("[%s] stopped: %s", self.name, summary.to_json())
 
-    async def drain(self) -> Summary:
-        """Run until the writer yields nothing and every item has an outcome."""
-        return await self._supervisor(drain=True).run()
+    async def drain(self, progress: Callable[[int, int], None] | None = None) -> Summary:
+        """Run until the writer yields nothing and every item has an outcome.
+
+        `progress`, if given, is called in the parent after each outcome with the number of
+        items finished and the number enqueued so far.
+        """
+        return await self._supervisor(drain=True, progress=progress).run()
 
     def cli(self, argv: Sequence[str] | None = None) -> None:
         """Run the command line: `serve` (the default) or `drain`."""
@@ -72,7 +76,9 @@ class Worker:
 
         run_cli(self, argv)
 
-    def _supervisor(self, *, drain: bool) -> Supervisor:
+    def _supervisor(
+        self, *, drain: bool, progress: Callable[[int, int], None] | None = None
+    ) -> Supervisor:
         is_async = inspect.iscoroutinefunction(self.reader)
         settings = self.settings
         plan = ReaderPlan(
@@ -86,4 +92,6 @@ class Worker:
             retry_backoff_max=settings.retry_backoff_max,
         )
         hooks = Hooks(self.on_success, self.on_failure, self.on_unstarted)
-        return Supervisor(self.name, self.writer, self._writer_takes, plan, hooks, drain=drain)
+        return Supervisor(
+            self.name, self.writer, self._writer_takes, plan, hooks, drain=drain, progress=progress
+        )

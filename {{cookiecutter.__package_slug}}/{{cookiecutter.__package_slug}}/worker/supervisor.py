@@ -94,6 +94,7 @@ class Supervisor:
         hooks: Hooks,
         *,
         drain: bool,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         settings = plan.settings
         self.name = name
@@ -102,6 +103,7 @@ class Supervisor:
         self.plan = plan
         self.hooks = hooks
         self.drain = drain
+        self.progress = progress  # called with (finished, enqueued) after each outcome
         self.num_processes: int = settings.num_processes
         self.max_queue_size: int = settings.max_queue_size
         self.block_size: int = settings.lookup_block_size
@@ -359,6 +361,9 @@ class Supervisor:
         return item
 
     def _check_idle(self) -> None:
+        if self.progress is not None:
+            finished = self.succeeded + self.failed + len(self.unstarted)
+            self.progress(finished, self.enqueued)
         if not self.items:
             self.idle.set()
 

@@ -1,0 +1,86 @@
+"""The command line: JSON logs from every process, and a progress bar only on a terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+PREFIX = "{{ cookiecutter.__env_prefix }}"
+MODULE = "{{ cookiecutter.__package_slug }}.qq"
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX) and k != "CI"}
+    return env | {f"{PREFIX}{name}": value for name, value in settings.items()}
+
+
+def test_json_logs_come_from_parent_and_worker_processes() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", MODULE, "drain"],
+        cwd=PROJECT,
+        env=clean_env(LOG_FORMAT="json", LOG_LEVEL="INFO"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {"time", "level", "process", "logger", "message"} <= set(entries[0])
+    workers = {entry["process"] for entry in entries if "sha256=" in entry["message"]}
+    assert len(workers) >= 1
+    assert all("-worker-" in name for name in workers)
+
+
+def test_no_progress_bar_in_a_pipe() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", MODULE, "drain"],
+        cwd=PROJECT,
+        env=clean_env(LOG_LEVEL="WARNING"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", MODULE, "drain"],
+        cwd=PROJECT,
+        env=clean_env(LOG_LEVEL="WARNING"),
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the command has exited
+                break
+            if not chunk:
+                break
+            shown += chunk
+    os.close(controller)
+    assert process.wait(10) == 0
+    assert process.stdout is not None
+    assert json.loads(process.stdout.read())["succeeded"] == 100
+    assert b"100/100" in shown
+    assert b"item/s" in shown
