@@ -41,6 +41,10 @@ class Settings(QuasiQueueSettings):
     graceful_shutdown_timeout: float = Field(default=30.0, ge=0)
     prevent_requeuing_time: float = Field(default=300.0, ge=0)
 
+    # Prometheus metrics on http://METRICS_HOST:METRICS_PORT/metrics; port 0: off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     # Retries of a failing reader call, inside the worker process.
     max_retries: int = Field(default=0, ge=0)
     retry_backoff: float = Field(default=0.5, ge=0)

@@ -16,6 +16,7 @@ import os
 import pickle
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .calls import keywords, open_context
+from .metrics import Metrics
 from .wire import Frame, FrameReader, Kind, encode
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class ReaderPlan:
     max_retries: int
     retry_backoff: float
     retry_backoff_max: float
+    metrics: Metrics | None = None
 
 
 def shorten(value: Any, limit: int = 200) -> str:
@@ -154,6 +157,10 @@ class _WorkerProcess(asyncio.Protocol):
             self._send(encode(Kind.FAILED, seq, 1, f"unpickling failed: {exc!r}".encode()))
             return
         kwargs = keywords(plan.reader_takes, item=item, ctx=self.ctx, settings=plan.settings)
+        metrics = plan.metrics
+        if metrics is not None:
+            metrics.started.inc()
+            started = time.perf_counter()
         attempt = 0
         while True:
             attempt += 1
@@ -172,13 +179,21 @@ class _WorkerProcess(asyncio.Protocol):
                         delay,
                         exc,
                     )
+                    if metrics is not None:
+                        metrics.retried.inc()
                     await asyncio.sleep(delay)
                     continue
                 logger.exception("reader failed on %s after %d attempt(s)", shorten(item), attempt)
                 error = f"{type(exc).__name__}: {exc}"[:2000].encode(errors="replace")
                 self._send(encode(Kind.FAILED, seq, attempt, error))
+                if metrics is not None:
+                    metrics.failed.inc()
+                    metrics.duration.observe(time.perf_counter() - started)
                 return
             self._send(encode(Kind.SUCCEEDED, seq, attempt))
+            if metrics is not None:
+                metrics.succeeded.inc()
+                metrics.duration.observe(time.perf_counter() - started)
             return
 
     # lifecycle

@@ -10,6 +10,7 @@ from typing import Any
 from ..settings import Settings
 from .calls import check_context, check_reader, check_writer
 from .child import ReaderPlan, shorten
+from .metrics import Metrics, create_metrics
 from .summary import Summary
 from .supervisor import Hooks, Supervisor
 
@@ -59,7 +60,7 @@ class Worker:
 
     async def main(self) -> None:
         """Serve until SIGTERM or SIGINT, then finish in-flight items and return."""
-        summary = await self._supervisor(drain=False).run()
+        summary = await self._run(drain=False)
         logger.info("[%s] stopped: %s", self.name, summary.to_json())
 
     async def drain(self, progress: Callable[[int, int], None] | None = None) -> Summary:
@@ -68,7 +69,7 @@ class Worker:
         `progress`, if given, is called in the parent after each outcome with the number of
         items finished and the number enqueued so far.
         """
-        return await self._supervisor(drain=True, progress=progress).run()
+        return await self._run(drain=True, progress=progress)
 
     def cli(self, argv: Sequence[str] | None = None) -> None:
         """Run the command line: `serve` (the default) or `drain`."""
@@ -77,7 +78,11 @@ class Worker:
         run_cli(self, argv)
 
     def _supervisor(
-        self, *, drain: bool, progress: Callable[[int, int], None] | None = None
+        self,
+        *,
+        drain: bool,
+        progress: Callable[[int, int], None] | None,
+        metrics: Metrics | None,
     ) -> Supervisor:
         is_async = inspect.iscoroutinefunction(self.reader)
         settings = self.settings
@@ -90,8 +95,19 @@ class Worker:
             max_retries=settings.max_retries,
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,
+            metrics=metrics,
         )
         hooks = Hooks(self.on_success, self.on_failure, self.on_unstarted)
         return Supervisor(
             self.name, self.writer, self._writer_takes, plan, hooks, drain=drain, progress=progress
         )
+
+    async def _run(
+        self, *, drain: bool, progress: Callable[[int, int], None] | None = None
+    ) -> Summary:
+        metrics = create_metrics(self.name) if self.settings.metrics_port else None
+        try:
+            return await self._supervisor(drain=drain, progress=progress, metrics=metrics).run()
+        finally:
+            if metrics is not None:
+                metrics.close()

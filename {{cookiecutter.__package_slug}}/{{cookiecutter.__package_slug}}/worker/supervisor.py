@@ -28,6 +28,7 @@ from typing import Any
 from .calls import keywords
 from .child import CONTEXT_FAILED_EXIT, ReaderPlan, run_worker_process, shorten
 from .errors import ContextError, WriterError
+from .metrics import serve_metrics
 from .summary import Summary
 from .wire import Frame, FrameReader, Kind, encode
 
@@ -143,7 +144,11 @@ class Supervisor:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(signum, self.request_stop, signum)
         feeder = self.loop.create_task(self._feed())
+        metrics, server = self.plan.metrics, None
         try:
+            if metrics is not None:
+                host, port = self.plan.settings.metrics_host, self.plan.settings.metrics_port
+                server = await serve_metrics(metrics, host, port)
             for _ in range(self.num_processes):
                 self._spawn()
             await self.end
@@ -151,6 +156,8 @@ class Supervisor:
             try:
                 await self._shutdown(feeder)
             finally:
+                if server is not None:
+                    server.close()
                 if handles_signals:
                     for signum in (signal.SIGTERM, signal.SIGINT):
                         self.loop.remove_signal_handler(signum)
@@ -320,9 +327,12 @@ class Supervisor:
                 child.retiring = True
                 if not self.stopped.is_set():
                     self._spawn()
+                    self._count_restart()
             child.transport.write(b"".join(frames))
         if len(pending) <= self.refill_at:
             self.room.set()
+        if self.plan.metrics is not None:
+            self.plan.metrics.queue_depth.set(len(pending))
 
     def on_frame(self, child: _Child, frame: Frame) -> None:
         """Handle one frame from a worker process."""
@@ -387,8 +397,13 @@ class Supervisor:
         if child.transport is not None:
             child.transport.close()
         code = child.process.exitcode
+        metrics = self.plan.metrics
+        if metrics is not None and child.process.pid is not None:
+            metrics.process_exited(child.process.pid)
         for seq in sorted(child.outstanding):
             self.failed += 1
+            if metrics is not None:
+                metrics.failed.inc()
             item = self.items.pop(seq)
             error = f"worker process {child.process.name} exited (code {code}) while holding it"
             logger.error("[%s] %s: %s", self.name, shorten(item), error)
@@ -411,6 +426,11 @@ class Supervisor:
         name = child.process.name
         logger.error("[%s] %s exited with code %s: replacing it", self.name, name, code)
         self._spawn()
+        self._count_restart()
+
+    def _count_restart(self) -> None:
+        if self.plan.metrics is not None:
+            self.plan.metrics.restarts.inc()
 
     def _write(self, child: _Child, data: bytes) -> None:
         if child.transport is not None and not child.transport.is_closing():

@@ -1,0 +1,108 @@
+"""Prometheus metrics of a run, gathered from every worker process (multi-process mode).
+
+Turned on by METRICS_PORT. The parent switches prometheus-client to multi-process mode and
+creates the metrics before it forks; worker processes count items into their own files in
+the multi-process folder, and the parent serves the sum of all of them on
+http://METRICS_HOST:METRICS_PORT/metrics from its event loop (no thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The metrics the runtime updates; `None` fields never occur (all or nothing)."""
+
+    directory: str
+    owns_directory: bool
+    started: Any
+    succeeded: Any
+    failed: Any
+    retried: Any
+    duration: Any
+    queue_depth: Any
+    restarts: Any
+
+    def render(self) -> bytes:
+        """The text exposition of every process's metrics, summed."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def process_exited(self, pid: int) -> None:
+        """Drop the live gauges of a worker process that exited."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """Remove the multi-process folder if this run created it."""
+        if self.owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+
+
+def create_metrics(prefix: str) -> Metrics:
+    """Switch prometheus-client to multi-process mode and create the metrics (in the parent)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    owns = directory is None
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="worker-metrics-")
+        os.environ[MULTIPROC_ENV] = directory
+    from prometheus_client import Counter, Gauge, Histogram, values
+
+    # prometheus-client picks its value class when first imported; pick the multi-process one
+    # now in case it was imported before the folder was set (tests/test_metrics.py checks it).
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    name = prefix.replace("-", "_")
+    return Metrics(
+        directory=directory,
+        owns_directory=owns,
+        started=Counter(f"{name}_items_started", "Items a reader started.", registry=None),
+        succeeded=Counter(f"{name}_items_succeeded", "Items a reader finished.", registry=None),
+        failed=Counter(f"{name}_items_failed", "Items that failed their last try.", registry=None),
+        retried=Counter(f"{name}_items_retried", "Reader calls tried again.", registry=None),
+        duration=Histogram(
+            f"{name}_item_duration_seconds", "Seconds per item, retries included.", registry=None
+        ),
+        queue_depth=Gauge(
+            f"{name}_queue_depth",
+            "Items taken from the writer, not yet handed to a process.",
+            registry=None,
+            multiprocess_mode="livemax",
+        ),
+        restarts=Counter(
+            f"{name}_worker_process_restarts", "Worker processes replaced.", registry=None
+        ),
+    )
+
+
+async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Server:
+    """Answer every HTTP request on host:port with the metrics page."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (await reader.readline()).strip():  # request line and headers
+                pass
+            body = metrics.render()
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, host, port)
