@@ -37,15 +37,25 @@ async def test_counts_from_every_process(journal: Journal, tmp_path: Path) -> No
     port = free_port()
     scraped = tmp_path / "scraped.txt"
 
+    def scrape() -> str:
+        url = f"http://127.0.0.1:{port}/metrics"
+        text: str = urllib.request.urlopen(url, timeout=10).read().decode()
+        return text
+
     async def reader(item: int) -> None:
-        if item == ITEMS - 1:  # the last item: wait for all others, then scrape mid-drain
+        if item == ITEMS - 1:  # the last item: scrape mid-drain once all others have ended
             deadline = time.monotonic() + 30
-            while len(journal.rows()) < ITEMS - 1:
-                assert time.monotonic() < deadline
+            while True:
+                page = await asyncio.to_thread(scrape)
+                values = samples(page)
+                ended = values.get("t_items_succeeded_total", 0) + values.get(
+                    "t_items_failed_total", 0
+                )
+                if ended == ITEMS - 1:
+                    break
+                assert time.monotonic() < deadline, page
                 await asyncio.sleep(0.01)
-            url = f"http://127.0.0.1:{port}/metrics"
-            page = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
-            scraped.write_bytes(page)
+            scraped.write_text(page)
             return
         journal.add(item, os.getpid())
         if item % 10 == 0:

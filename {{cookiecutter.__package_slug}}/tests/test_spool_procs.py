@@ -293,11 +293,13 @@ def test_a_forked_child_does_not_keep_a_dead_parents_claim_alive(
     with Producer(root) as producer:
         producer.put("x", key="x")
     parent = start(children, tmp_path, CONSUMER_FORKS_THEN_DIES, str(root))
-    lines = {}
-    for _ in range(2):
+    lines: dict[str, str] = {}
+    seen: list[str] = []
+    while not {"child", "parent"} <= set(lines):  # parent and forked child race to print
         line = parent.lines.get(timeout=WAIT)
-        assert line is not None, parent.stderr_path.read_text()
-        word, value = line.split(" ", 1)
+        assert line is not None, f"{seen}: {parent.stderr_path.read_text()}"
+        seen.append(line)
+        word, _, value = line.partition(" ")
         lines[word] = value
     child_pid = int(lines["child"])
     try:
