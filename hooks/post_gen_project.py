@@ -28,7 +28,7 @@ FEATURE_FILES = {
         "{slug}/streaming.py",
         "tests/test_streaming.py",
         "tests/test_streaming_s3.py",
-        "tests/test_streaming_docs.py",
+        "tests/test_streaming_recipe.py",
         "bench/bench_streaming.py",
         "docs/streaming.md",
     ],

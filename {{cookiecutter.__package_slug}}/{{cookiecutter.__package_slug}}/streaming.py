@@ -1,0 +1,741 @@
+"""A bounded in-memory byte pipe between one writer thread and one reader thread.
+
+``QueueIO`` is an :class:`io.RawIOBase` whose ``write`` side is fed by one thread
+(for example an S3 download) and whose ``read`` side is drained by another (for
+example ``upload_fileobj``).  Semantics, in short:
+
+* ``read(n)`` returns exactly ``n`` bytes unless the writer closed the stream
+  first; after end of stream every read returns ``b""``.  No byte is returned twice.
+* Waiting is done on condition variables, never by polling.  Nothing times out
+  unless a ``timeout`` was given.
+* ``LimitedQueueIO`` never buffers more than ``memory_limit`` bytes: larger writes
+  are split into ``chunk_size`` pieces, admitted as the reader makes room.
+* Errors cross sides: ``abort(exc)`` (or an exception inside ``with``) makes the
+  reader's next read raise :class:`PipeAbortedError` caused by ``exc``;
+  ``close_read()`` makes the writer's next or blocked write raise
+  :class:`BrokenPipeError`.
+* ``HashingQueueIO`` hashes in the writer's thread as data passes, and
+  ``ProgressHashingQueueIO`` also drives a tqdm bar when tqdm is installed.
+
+One thread may write and one thread may read at a time; ``close``, ``abort``,
+``close_read`` and the properties may be used from any thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import operator
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MEMORY_LIMIT",
+    "HashingQueueIO",
+    "LimitedQueueIO",
+    "PipeAbortedError",
+    "ProgressBar",
+    "ProgressHashingQueueIO",
+    "QueueIO",
+]
+
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+"""Largest piece a write is split into while it waits for room (1 MiB)."""
+
+DEFAULT_MEMORY_LIMIT = 16 * 1024 * 1024
+"""Default buffer bound of :class:`LimitedQueueIO` (16 MiB)."""
+
+_NO_LIMIT = sys.maxsize
+
+# One buffered piece: (data, start, end); the piece is data[start:end].
+_Piece = tuple[bytes, int, int]
+
+
+class PipeAbortedError(OSError):
+    """Raised to the reader (and any later writer) after ``abort()``; ``__cause__`` is its error."""
+
+
+class ProgressBar(Protocol):
+    """What :class:`ProgressHashingQueueIO` needs from a progress bar (tqdm fits)."""
+
+    def update(self, n: int) -> object:
+        """Advance the bar by ``n`` bytes."""
+
+    def close(self) -> None:
+        """Finish the bar."""
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {value!r}")
+    return float(value)
+
+
+def _as_bytes(b: ReadableBuffer) -> bytes:
+    """Return ``b`` itself when it is ``bytes`` (immutable, no copy), else one copy of it."""
+    if type(b) is bytes:
+        return b
+    if isinstance(b, str):
+        raise TypeError("write() argument must be a bytes-like object, not 'str'")
+    try:
+        view = memoryview(b)
+    except TypeError:
+        raise TypeError(
+            f"write() argument must be a bytes-like object, not {type(b).__name__!r}"
+        ) from None
+    with view:
+        return view.tobytes()
+
+
+def _byte_view(view: memoryview) -> memoryview:
+    """``view`` as a flat writable byte view, checked before any data is taken."""
+    if view.readonly:
+        raise TypeError("readinto() argument must be a writable bytes-like object")
+    if view.format == "B" and view.ndim == 1:
+        return view
+    return view.cast("B")
+
+
+def _join(parts: list[_Piece]) -> bytes:
+    if len(parts) == 1:
+        data, start, end = parts[0]
+        if start == 0 and end == len(data):
+            return data
+        return data[start:end]
+    return b"".join(
+        [
+            data if start == 0 and end == len(data) else memoryview(data)[start:end]
+            for data, start, end in parts
+        ]
+    )
+
+
+class QueueIO(io.RawIOBase):
+    """An in-memory pipe: one thread writes, another reads; unbounded unless limited.
+
+    ``memory_limit`` bounds the bytes held (``None``: unbounded), ``chunk_size`` is
+    the piece size a write is split into while it waits for room, and ``timeout``
+    (seconds) bounds every blocking wait, raising :class:`TimeoutError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory_limit: int | None = None,
+        chunk_size: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        if memory_limit is not None:
+            memory_limit = _positive_int("memory_limit", memory_limit)
+        if chunk_size is None:
+            chunk_size = DEFAULT_CHUNK_SIZE
+            if memory_limit is not None:
+                chunk_size = min(chunk_size, memory_limit)
+        else:
+            chunk_size = _positive_int("chunk_size", chunk_size)
+            if memory_limit is not None and chunk_size > memory_limit:
+                raise ValueError(
+                    f"chunk_size must not exceed memory_limit, got chunk_size={chunk_size} "
+                    f"> memory_limit={memory_limit}"
+                )
+        self._memory_limit = memory_limit
+        self._limit = _NO_LIMIT if memory_limit is None else memory_limit
+        self._chunk_size = chunk_size
+        self._timeout = _timeout(timeout)
+
+        self._lock = threading.Lock()
+        self._can_read = threading.Condition(self._lock)  # the reader waits here
+        self._can_write = threading.Condition(self._lock)  # the writer waits here
+        self._pieces: deque[_Piece] = deque()
+        self._buffered = 0
+        self._max_buffered = 0
+        self._bytes_written = 0
+        self._bytes_read = 0
+        # While the reader waits: how many buffered bytes would let it proceed.
+        self._reader_want = 0
+        # While the writer waits: how much room it needs.
+        self._writer_need = 0
+        self._write_closed = False  # close() or abort() was called
+        self._aborted = False
+        self._abort_cause: BaseException | None = None
+        self._read_closed = False  # close_read() was called
+        self._read_cause: BaseException | None = None
+        self._eof_seen = False  # a read already reported the end of the stream
+        self._write_end_done = False  # _write_end_closed() hook already ran
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def memory_limit(self) -> int | None:
+        """The most bytes ever buffered at once, or ``None`` when unbounded."""
+        return self._memory_limit
+
+    @property
+    def chunk_size(self) -> int:
+        """Largest piece a write is split into while it waits for room."""
+        return self._chunk_size
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds any single blocking call may wait, or ``None`` to wait as long as needed."""
+        return self._timeout
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet read."""
+        return self._buffered
+
+    @property
+    def max_buffered(self) -> int:
+        """The largest value ``buffered`` has had."""
+        return self._max_buffered
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes admitted by ``write`` so far."""
+        return self._bytes_written
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes handed to the reader so far."""
+        return self._bytes_read
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()``, ``abort()`` or ``close_read()`` was called.
+
+        Unlike a file, a closed QueueIO can still be read until its end:
+        ``close()`` ends the write side only.
+        """
+        return self._write_closed or self._read_closed
+
+    def readable(self) -> bool:
+        """Always True: this is the read end of the pipe."""
+        return True
+
+    def writable(self) -> bool:
+        """Always True: this is the write end of the pipe."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always False: a pipe cannot seek."""
+        return False
+
+    def tell(self) -> int:
+        """The read position: bytes handed to the reader so far (``seek`` is unsupported)."""
+        return self._bytes_read
+
+    # ----------------------------------------------------------------- write
+
+    def write(self, b: ReadableBuffer, /) -> int:
+        """Append ``b`` (bytes, bytearray, memoryview...) and return its length in bytes.
+
+        ``bytes`` are kept without copying; other buffers are copied once, so the
+        caller may reuse them.  Blocks while the buffer has no room.  Raises
+        ``ValueError`` after ``close()``, :class:`PipeAbortedError` after ``abort()``
+        and ``BrokenPipeError`` once the reader called ``close_read()``.
+        """
+        data = b if type(b) is bytes else _as_bytes(b)
+        n = len(data)
+        with self._lock:
+            if self._write_closed or self._read_closed:
+                self._raise_write_error()
+            buffered = self._buffered + n
+            if buffered > self._limit:
+                fits = False
+            elif n:
+                # The common case, inlined from _admit: it is most of a small write's cost.
+                fits = True
+                self._pieces.append((data, 0, n))
+                self._buffered = buffered
+                self._bytes_written += n
+                if buffered > self._max_buffered:
+                    self._max_buffered = buffered
+                want = self._reader_want
+                if want and buffered >= want:
+                    self._can_read.notify()
+            else:
+                return 0
+        if not fits:
+            return self._write_in_pieces(data)
+        self._admitted(data)
+        return n
+
+    def _write_in_pieces(self, data: bytes) -> int:
+        n = len(data)
+        step = self._chunk_size
+        view = memoryview(data)
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        start = 0
+        while start < n:
+            end = min(start + step, n)
+            with self._lock:
+                self._wait_for_room(end - start, deadline, start, n)
+                self._admit(data, start, end)
+            self._admitted(view[start:end])
+            start = end
+        return n
+
+    def _admit(self, data: bytes, start: int, end: int) -> None:
+        """Append one piece; the caller holds the lock and checked for room."""
+        self._pieces.append((data, start, end))
+        buffered = self._buffered + end - start
+        self._buffered = buffered
+        self._bytes_written += end - start
+        if buffered > self._max_buffered:
+            self._max_buffered = buffered
+        want = self._reader_want
+        if want and buffered >= want:
+            self._can_read.notify()
+
+    def _wait_for_room(self, need: int, deadline: float | None, done: int, total: int) -> None:
+        """Wait (lock held) until ``need`` more bytes fit; ``done`` of ``total`` are in."""
+        while True:
+            if self._write_closed or self._read_closed:
+                self._raise_write_error()
+            if self._buffered + need <= self._limit:
+                return
+            left = None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    error = TimeoutError(
+                        f"write() timed out after {self._timeout} s waiting for room "
+                        f"({done} of {total} bytes admitted)"
+                    )
+                    if done:
+                        # Part of this write is already in the stream: the reader must
+                        # not take the rest of the stream as whole.
+                        self._abort_locked(error)
+                    raise error
+            self._writer_need = need
+            if self._reader_want:
+                self._can_read.notify()  # the reader takes what is there, making room
+            try:
+                self._can_write.wait(left)
+            finally:
+                self._writer_need = 0
+
+    def _raise_write_error(self) -> None:
+        if self._aborted:
+            raise PipeAbortedError(self._abort_message()) from self._abort_cause
+        if self._write_closed:
+            raise ValueError("write to a closed QueueIO: close() was already called")
+        raise BrokenPipeError("the reader closed the QueueIO") from self._read_cause
+
+    def _admitted(self, data: bytes | memoryview) -> None:
+        """Hook run in the writer's thread, without the lock, after ``data`` entered the pipe."""
+
+    def _write_end_closed(self, clean: bool) -> None:
+        """Hook run once, without the lock, when the write side ends (``clean``: by close())."""
+
+    # ------------------------------------------------------------------ read
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        """Return exactly ``size`` bytes, fewer only at end of stream; ``b""`` after it.
+
+        ``size`` < 0 or None reads to the end (``readall``).  Blocks until enough
+        data arrived or the writer closed.  Raises :class:`PipeAbortedError` if the
+        writer aborted and ``ValueError`` after ``close_read()``.
+        """
+        n = -1 if size is None else operator.index(size)
+        if n < 0:
+            return self.readall()
+        return _join(self._collect(n, partial=False))
+
+    def read1(self, size: int | None = -1, /) -> bytes:
+        """Return up to ``size`` bytes (all if < 0), waiting only while nothing is buffered."""
+        n = -1 if size is None else operator.index(size)
+        return _join(self._collect(_NO_LIMIT if n < 0 else n, partial=True))
+
+    def readall(self) -> bytes:
+        """Read until the writer closes and return everything."""
+        return _join(self._collect(_NO_LIMIT, partial=False))
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        """Fill ``buffer`` completely (less only at end of stream); return the byte count."""
+        with memoryview(buffer) as view:
+            out = _byte_view(view)
+            return self._copy_into(out, self._collect(len(out), partial=False))
+
+    def readinto1(self, buffer: WriteableBuffer, /) -> int:
+        """Copy what is buffered into ``buffer``, waiting only while nothing is buffered."""
+        with memoryview(buffer) as view:
+            out = _byte_view(view)
+            return self._copy_into(out, self._collect(len(out), partial=True))
+
+    @staticmethod
+    def _copy_into(out: memoryview, parts: list[_Piece]) -> int:
+        pos = 0
+        for data, start, end in parts:
+            size = end - start
+            if start == 0 and size == len(data):
+                out[pos : pos + size] = data
+            else:
+                out[pos : pos + size] = memoryview(data)[start:end]
+            pos += size
+        return pos
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        """Return one line including its ``b"\\n"``, at most ``size`` bytes if ``size`` >= 0."""
+        limit = -1 if size is None else operator.index(size)
+        if limit < 0:
+            limit = _NO_LIMIT
+        parts: list[_Piece] = []
+        got = 0
+        deadline: float | None = None
+        with self._lock:
+            while got < limit:
+                if self._read_closed or self._aborted:
+                    self._raise_read_error()
+                found = False
+                pieces = self._pieces
+                while pieces and got < limit:
+                    data, start, end = pieces[0]
+                    stop = min(end, start + limit - got)
+                    newline = data.find(b"\n", start, stop)
+                    if newline >= 0:
+                        stop = newline + 1
+                        found = True
+                    self._take_head(stop)
+                    parts.append((data, start, stop))
+                    got += stop - start
+                    if found:
+                        break
+                if found or got >= limit:
+                    break
+                if self._write_closed:
+                    self._eof_seen = True
+                    break
+                deadline = self._wait_for_data(1, deadline, parts, got)
+        return _join(parts)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Iterate over lines, as files do; works after the writer closed."""
+        return self
+
+    def _collect(self, n: int, *, partial: bool) -> list[_Piece]:
+        """Take ``n`` bytes (or, if ``partial``, at least one) out of the buffer."""
+        parts: list[_Piece] = []
+        got = 0
+        deadline: float | None = None
+        with self._lock:
+            while True:
+                if self._read_closed or self._aborted:
+                    self._raise_read_error()
+                buffered = self._buffered
+                if buffered >= n - got:
+                    self._take(n - got, parts)
+                    return parts
+                if self._write_closed:  # end of stream: hand out the rest, short
+                    self._take(buffered, parts)
+                    self._eof_seen = True
+                    return parts
+                if buffered and (partial or self._writer_need):
+                    # read1 wants whatever there is; a full buffer must be drained
+                    # for the writer to continue, so take it now.
+                    self._take(buffered, parts)
+                    got += buffered
+                    if partial:
+                        return parts
+                    continue
+                deadline = self._wait_for_data(1 if partial else n - got, deadline, parts, got)
+
+    def _wait_for_data(
+        self, want: int, deadline: float | None, parts: list[_Piece], got: int
+    ) -> float | None:
+        """Wait (lock held) for ``want`` bytes or a state change; return the deadline."""
+        left = None
+        if self._timeout is not None:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self._timeout
+            left = deadline - now
+            if left <= 0:
+                self._put_back(parts, got)
+                raise TimeoutError(
+                    f"read timed out after {self._timeout} s waiting for data "
+                    f"({self._buffered} bytes buffered)"
+                )
+        self._reader_want = want
+        try:
+            self._can_read.wait(left)
+        finally:
+            self._reader_want = 0
+        return deadline
+
+    def _take(self, n: int, parts: list[_Piece]) -> None:
+        """Move ``n`` <= buffered bytes from the buffer into ``parts`` (lock held)."""
+        pieces = self._pieces
+        left = n
+        while left:
+            data, start, end = pieces[0]
+            size = end - start
+            if size <= left:
+                pieces.popleft()
+                parts.append((data, start, end))
+                left -= size
+            else:
+                pieces[0] = (data, start + left, end)
+                parts.append((data, start, start + left))
+                left = 0
+        self._consumed(n)
+
+    def _take_head(self, stop: int) -> None:
+        """Consume the head piece up to index ``stop`` of its data (lock held)."""
+        data, start, end = self._pieces[0]
+        if stop == end:
+            self._pieces.popleft()
+        else:
+            self._pieces[0] = (data, stop, end)
+        self._consumed(stop - start)
+
+    def _consumed(self, n: int) -> None:
+        self._buffered -= n
+        self._bytes_read += n
+        need = self._writer_need
+        if need and self._buffered + need <= self._limit:  # wake the writer once it fits
+            self._can_write.notify()
+
+    def _put_back(self, parts: list[_Piece], got: int) -> None:
+        """Return bytes taken by a read that timed out to the front, so none are lost."""
+        if not parts:
+            return
+        self._pieces.extendleft(reversed(parts))
+        self._buffered += got
+        self._bytes_read -= got
+        self._max_buffered = max(self._max_buffered, self._buffered)
+
+    def _raise_read_error(self) -> None:
+        if self._read_closed:
+            raise ValueError("read from a QueueIO whose read end is closed (close_read())")
+        raise PipeAbortedError(self._abort_message()) from self._abort_cause
+
+    # --------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Writer: end the stream.  The reader gets the buffered rest, then ``b""``.
+
+        Idempotent.  A write blocked in another thread raises ``ValueError``.
+        """
+        with self._lock:
+            if self._write_closed:
+                return
+            self._write_closed = True
+            self._wake_all()
+        self._finish_write_end(clean=True)
+
+    def abort(self, exc: BaseException | None = None) -> bool:
+        """Writer: end the stream with an error; buffered data is dropped.
+
+        The reader's next (or blocked) read raises :class:`PipeAbortedError` whose
+        ``__cause__`` is ``exc``.  Returns False when it came too late to matter:
+        the reader had already seen the end of the stream or closed its end.
+        """
+        with self._lock:
+            effective = self._abort_locked(exc)
+        self._finish_write_end(clean=False)
+        return effective
+
+    def _abort_locked(self, exc: BaseException | None) -> bool:
+        self._write_closed = True
+        if self._aborted or self._eof_seen or self._read_closed:
+            return False
+        self._aborted = True
+        self._abort_cause = exc
+        self._pieces.clear()
+        self._buffered = 0
+        self._wake_all()
+        return True
+
+    def close_read(self, exc: BaseException | None = None) -> None:
+        """Reader: hang up.  Unread data is dropped; later reads raise ``ValueError``.
+
+        The writer's next (or blocked) write raises ``BrokenPipeError`` whose
+        ``__cause__`` is ``exc``.  Idempotent.
+        """
+        with self._lock:
+            if self._read_closed:
+                return
+            self._read_closed = True
+            self._read_cause = exc
+            self._pieces.clear()
+            self._buffered = 0
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        self._can_read.notify_all()
+        self._can_write.notify_all()
+
+    def _finish_write_end(self, clean: bool) -> None:
+        with self._lock:
+            if self._write_end_done:
+                return
+            self._write_end_done = True
+        self._write_end_closed(clean)
+
+    def _abort_message(self) -> str:
+        cause = self._abort_cause
+        if cause is None:
+            return "the writer aborted the stream"
+        return f"the writer aborted the stream: {cause!r}"
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close on success; on an exception, ``abort(exc)`` so the reader sees it."""
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+class LimitedQueueIO(QueueIO):
+    """A :class:`QueueIO` that never buffers more than ``memory_limit`` bytes.
+
+    A write that does not fit is split into ``chunk_size`` pieces (default
+    ``min(1 MiB, memory_limit)``), each admitted as the reader makes room.
+    """
+
+    def __init__(
+        self,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        chunk_size: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(
+            memory_limit=_positive_int("memory_limit", memory_limit),
+            chunk_size=chunk_size,
+            timeout=timeout,
+        )
+
+
+class HashingQueueIO(LimitedQueueIO):
+    """A :class:`LimitedQueueIO` that hashes the bytes in the writer's thread as they pass.
+
+    ``hash_algorithm`` is any fixed-size :func:`hashlib.new` name.  The digest is
+    final, and available, once the writer called ``close()``.
+    """
+
+    def __init__(
+        self,
+        hash_algorithm: str = "sha256",
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        chunk_size: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(memory_limit, chunk_size, timeout=timeout)
+        try:
+            hasher = hashlib.new(hash_algorithm)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"hash_algorithm must be a hashlib algorithm name, got {hash_algorithm!r}"
+            ) from None
+        if hasher.digest_size == 0:
+            raise ValueError(
+                f"hash_algorithm must have a fixed digest size, got {hash_algorithm!r}"
+            )
+        self._hasher = hasher
+
+    @property
+    def hash_name(self) -> str:
+        """The hash algorithm's name, as hashlib spells it."""
+        return self._hasher.name
+
+    def _admitted(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+
+    def _check_digest_ready(self) -> None:
+        if self._aborted:
+            raise RuntimeError("no digest: the stream was aborted")
+        if not self._write_closed:
+            raise RuntimeError("no digest yet: the writer has not called close()")
+
+    def digest(self) -> bytes:
+        """The digest of every byte written; raises ``RuntimeError`` before ``close()``."""
+        self._check_digest_ready()
+        return self._hasher.digest()
+
+    def hexdigest(self) -> str:
+        """The hex digest of every byte written; raises ``RuntimeError`` before ``close()``."""
+        self._check_digest_ready()
+        return self._hasher.hexdigest()
+
+    def get_hash(self) -> str:
+        """Same as :meth:`hexdigest` (the seed's name)."""
+        return self.hexdigest()
+
+
+def _tqdm_bar(total: int | None, desc: str | None) -> ProgressBar | None:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+
+
+class ProgressHashingQueueIO(HashingQueueIO):
+    """A :class:`HashingQueueIO` that reports written bytes to a progress bar.
+
+    Without ``bar`` it makes a tqdm bar (``total_size`` bytes, ``desc``) when tqdm
+    is installed; without tqdm it runs with no bar (``progress`` is None).  The
+    bar advances in the writer's thread and is closed when the write side ends.
+    """
+
+    def __init__(
+        self,
+        total_size: int | None = None,
+        hash_algorithm: str = "sha256",
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        chunk_size: int | None = None,
+        *,
+        timeout: float | None = None,
+        bar: ProgressBar | None = None,
+        desc: str | None = None,
+    ) -> None:
+        if total_size is not None and (
+            isinstance(total_size, bool) or not isinstance(total_size, int) or total_size < 0
+        ):
+            raise ValueError(
+                f"total_size must be a non-negative integer or None, got {total_size!r}"
+            )
+        super().__init__(hash_algorithm, memory_limit, chunk_size, timeout=timeout)
+        self.progress: ProgressBar | None = bar if bar is not None else _tqdm_bar(total_size, desc)
+
+    def _admitted(self, data: bytes | memoryview) -> None:
+        super()._admitted(data)
+        if self.progress is not None:
+            self.progress.update(len(data))
+
+    def _write_end_closed(self, clean: bool) -> None:
+        if self.progress is not None:
+            self.progress.close()
