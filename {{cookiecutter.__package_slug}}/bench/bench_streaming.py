@@ -22,7 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from {{ cookiecutter.__package_slug }}.streaming import HashingQueueIO, LimitedQueueIO, QueueIO
+from {{ cookiecutter.__package_slug }}.streaming import (
+    HashingQueueIO,
+    LimitedQueueIO,
+    QueueIO,
+)
 
 MiB = 1024 * 1024
 BLOCK = MiB

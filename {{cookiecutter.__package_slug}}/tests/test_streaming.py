@@ -678,7 +678,8 @@ def test_progress_bar_follows_writes_and_closes_once() -> None:
 
 
 def test_progress_uses_tqdm_when_installed(capsys: pytest.CaptureFixture[str]) -> None:
-    tqdm = pytest.importorskip("tqdm")
+    import tqdm  # a dependency of the project (its drain progress bar)
+
     q = ProgressHashingQueueIO(total_size=3, desc="copy")
     assert isinstance(q.progress, tqdm.tqdm)
     q.write(b"abc")

@@ -9,13 +9,12 @@ import threading
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, cast
 
+import boto3
+import moto
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from {{ cookiecutter.__package_slug }}.streaming import HashingQueueIO, PipeAbortedError
-
-boto3 = pytest.importorskip("boto3")
-moto = pytest.importorskip("moto")
-from boto3.s3.transfer import TransferConfig  # noqa: E402
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
