@@ -39,6 +39,15 @@ FEATURE_FILES = {
         "bench/bench_bounded_queue.py",
         "docs/bounded_queue.md",
     ],
+    "include_redis_jobs": [
+        "{slug}/jobs.py",
+        "tests/test_jobs.py",
+        "tests/jobs_instance.py",
+        "tests/servers.py",
+        "bench/bench_jobs.py",
+        "docs/scaling.md",
+        "compose.yaml",
+    ],
     "include_spool": [
         "{slug}/spool.py",
         "{slug}/spool_source.py",
@@ -50,6 +59,13 @@ FEATURE_FILES = {
         "docs/spool.md",
     ],
 }
+# Files that replace a default file when a feature is on: (variant, replaced).
+VARIANTS = {
+    "include_redis_jobs": [
+        ("{slug}/qq_redis_jobs.py", "{slug}/qq.py"),
+        ("tests/test_qq_redis_jobs.py", "tests/test_qq.py"),
+    ],
+}
 # "\x7b" is "{": written so that Jinja does not read these patterns as tags.
 LEFTOVER_JINJA = re.compile(
     r"\x7b\x7b\s*cookiecutter|\x7b%-?\s*(if|for|endif|endfor|else|raw|set)\b"
@@ -58,24 +74,43 @@ SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".
 
 
 def prune(root: Path, context: dict) -> list[Path]:
-    """Delete the files of disabled features and the folders left empty; return what went."""
+    """Delete the files of disabled features and the folders left empty; return what went.
+
+    A file listed under several features stays if any of them is on.
+    """
+    slug = context["__package_slug"]
+    wanted = {
+        path for feature, paths in FEATURE_FILES.items() if context[feature] for path in paths
+    }
     removed = []
     for feature, paths in FEATURE_FILES.items():
-        if context[feature]:
-            continue
         for pattern in paths:
-            path = root / pattern.format(slug=context["__package_slug"])
+            path = root / pattern.format(slug=slug)
+            if context[feature] or pattern in wanted or not path.exists():
+                continue
             if path.is_dir():
                 shutil.rmtree(path)
-                removed.append(path)
-            elif path.exists():
+            else:
                 path.unlink()
-                removed.append(path)
+            removed.append(path)
     for folder in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
             removed.append(folder)
     return removed
+
+
+def select_variants(root: Path, context: dict) -> None:
+    """Put the variant of a file in its place when its feature is on; drop it when off."""
+    for feature, pairs in VARIANTS.items():
+        for variant, replaced in pairs:
+            source = root / variant.format(slug=context["__package_slug"])
+            if not source.exists():
+                continue
+            if context[feature]:
+                source.replace(root / replaced.format(slug=context["__package_slug"]))
+            else:
+                source.unlink()
 
 
 def select_license(root: Path, context: dict) -> None:
@@ -140,6 +175,7 @@ def main() -> int:
     """Prune, then validate; return 1 if a check failed."""
     root = Path.cwd()
     select_license(root, CONTEXT)
+    select_variants(root, CONTEXT)
     prune(root, CONTEXT)
     problems = validate(root)
     for problem in problems:

@@ -17,7 +17,13 @@ CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
 MAX_NAME_LENGTH = 40
 LICENSES = ("MIT", "Apache-2.0", "BSD-3-Clause", "GPL-3.0-only", "Proprietary")
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
-FEATURES = ("include_aiocache", "include_streaming_io", "include_bounded_queue", "include_spool")
+FEATURES = (
+    "include_aiocache",
+    "include_streaming_io",
+    "include_bounded_queue",
+    "include_spool",
+    "include_redis_jobs",
+)
 # Import names the rendered project depends on or creates: a package of the same name would
 # shadow them.
 TAKEN = frozenset(

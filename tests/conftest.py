@@ -9,7 +9,13 @@ from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FEATURES = ("include_aiocache", "include_streaming_io", "include_bounded_queue", "include_spool")
+FEATURES = (
+    "include_aiocache",
+    "include_streaming_io",
+    "include_bounded_queue",
+    "include_spool",
+    "include_redis_jobs",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -38,6 +38,12 @@ COMBOS: dict[str, dict[str, Any]] = {
         "license": "GPL-3.0-only",
         "python_version": "3.12",
     },
+    "redis-jobs": {
+        **ALL_OFF,
+        "include_redis_jobs": True,
+        "project_name": "fan-out",
+        "license": "MIT",
+    },
     "spool-and-queue": {
         **ALL_OFF,
         "include_spool": True,
@@ -117,6 +123,7 @@ def test_feature_files_follow_the_flags(baked: tuple[dict[str, Any], Path]) -> N
         "include_streaming_io": "streaming.py",
         "include_bounded_queue": "bounded_queue.py",
         "include_spool": "spool.py",
+        "include_redis_jobs": "jobs.py",
     }
     for feature, module in modules.items():
         if (package / module).exists():  # the template has this feature's module

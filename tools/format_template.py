@@ -18,7 +18,13 @@ from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 ROOT = "{{cookiecutter.__package_slug}}"
-FEATURES = ("include_aiocache", "include_streaming_io", "include_bounded_queue", "include_spool")
+FEATURES = (
+    "include_aiocache",
+    "include_streaming_io",
+    "include_bounded_queue",
+    "include_spool",
+    "include_redis_jobs",
+)
 NAME = "fmt_probe_as_long_as_the_longest_name_xx"  # 40 characters, the limit
 SWAPS = (
     ("{{ cookiecutter.__env_prefix }}", NAME.upper() + "_"),

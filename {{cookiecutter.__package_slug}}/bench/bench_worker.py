@@ -117,7 +117,7 @@ def _serve_latency(use_stock: bool, idle: float, seen: Any) -> None:
         nonlocal given
         if not given and time.monotonic() >= available_at:
             given = True
-            yield time.monotonic()
+            yield available_at  # the reader measures from when the item came to exist
 
     async def reader(item: float) -> None:
         seen.value = time.monotonic() - item

@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +70,14 @@ def _wait_listening(server: Server, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def running(name: str, tmp_path: Path, port: int | None = None) -> Iterator[Server]:
-    """Run `redis` or `memcached` on a free (or given) loopback port until the block ends."""
+def running(
+    name: str, tmp_path: Path, port: int | None = None, extra_args: Sequence[str] = ()
+) -> Iterator[Server]:
+    """Run `redis` or `memcached` on a free (or given) loopback port until the block ends.
+
+    `extra_args` are appended to the command line (for redis, later options win:
+    `["--appendonly", "yes"]` makes it keep its data across a restart in `tmp_path`).
+    """
     port = port or _free_port()
     if name == "redis":
         command = [
@@ -83,6 +89,7 @@ def running(name: str, tmp_path: Path, port: int | None = None) -> Iterator[Serv
         command = [_binary("memcached"), "-l", "127.0.0.1", "-p", str(port), "-U", "0"]
         if os.geteuid() == 0:
             command += ["-u", "root"]
+    command += list(extra_args)
     server = Server(subprocess.Popen(command, stdout=subprocess.DEVNULL), port)
     try:
         _wait_listening(server)

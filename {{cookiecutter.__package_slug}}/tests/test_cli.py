@@ -16,17 +16,23 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 PREFIX = "{{ cookiecutter.__env_prefix }}"
-MODULE = "{{ cookiecutter.__package_slug }}.qq"
+APP = Path(__file__).with_name("worker_app.py")
 
 
 def clean_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX) and k != "CI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(APP.parent), str(PROJECT)])
     return env | {f"{PREFIX}{name}": value for name, value in settings.items()}
 
 
-def test_json_logs_come_from_parent_and_worker_processes() -> None:
+def command(tmp_path: Path) -> list[str]:
+    """Drain 100 items with the worker of worker_app.py, configured by the environment."""
+    return [sys.executable, str(APP), str(tmp_path / "journal.tsv"), "drain"]
+
+
+def test_json_logs_come_from_parent_and_worker_processes(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", MODULE, "drain"],
+        command(tmp_path),
         cwd=PROJECT,
         env=clean_env(LOG_FORMAT="json", LOG_LEVEL="INFO"),
         capture_output=True,
@@ -37,14 +43,14 @@ def test_json_logs_come_from_parent_and_worker_processes() -> None:
     assert result.returncode == 0, result.stderr
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert {"time", "level", "process", "logger", "message"} <= set(entries[0])
-    workers = {entry["process"] for entry in entries if "sha256=" in entry["message"]}
+    workers = {entry["process"] for entry in entries if entry["message"].endswith(" done")}
     assert len(workers) >= 1
     assert all("-worker-" in name for name in workers)
 
 
-def test_no_progress_bar_in_a_pipe() -> None:
+def test_no_progress_bar_in_a_pipe(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", MODULE, "drain"],
+        command(tmp_path),
         cwd=PROJECT,
         env=clean_env(LOG_LEVEL="WARNING"),
         capture_output=True,
@@ -55,11 +61,11 @@ def test_no_progress_bar_in_a_pipe() -> None:
     assert result.stderr == ""
 
 
-def test_progress_bar_on_a_terminal() -> None:
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     process = subprocess.Popen(
-        [sys.executable, "-m", MODULE, "drain"],
+        command(tmp_path),
         cwd=PROJECT,
         env=clean_env(LOG_LEVEL="WARNING"),
         stdout=subprocess.PIPE,

@@ -1,32 +1,35 @@
 """A worker served in a subprocess by test_worker_shutdown.py: `python worker_app.py JOURNAL MODE`.
 
-MODE is `busy` (endless items, each taking a while), `idle` (no items) or `stuck` (items that
-never finish). Everything the worker does is written to the journal.
+MODE is `busy` (endless items, each taking a while), `idle` (no items), `stuck` (items that
+never finish), or `drain` (drain 100 quick items and print the summary). Everything the
+worker does is written to the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 from support import Journal, fast_settings
 
+from {{ cookiecutter.__package_slug }}.settings import Settings
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 
 def main(journal: Journal, mode: str) -> None:
-    numbers = itertools.count()
+    numbers: Iterator[int] = iter(range(100)) if mode == "drain" else itertools.count()
 
     async def writer(desired: int) -> AsyncIterator[int]:
         if mode != "idle":
-            for _ in range(desired):
-                yield next(numbers)
+            for number in itertools.islice(numbers, desired):
+                yield number
 
     async def context() -> AsyncIterator[None]:
         journal.add("open", os.getpid())
@@ -34,6 +37,9 @@ def main(journal: Journal, mode: str) -> None:
         journal.add("close", os.getpid())
 
     async def reader(item: int) -> None:
+        if mode == "drain":
+            logging.getLogger("app").info("item %d done", item)
+            return
         journal.add("start", item)
         await asyncio.sleep(0.2 if mode == "busy" else 3600)
         journal.add("end", item)
@@ -45,6 +51,9 @@ def main(journal: Journal, mode: str) -> None:
         def on_failure(self, item: Any, error: str) -> None:
             journal.add("failed", item)
 
+    if mode == "drain":  # as configured by the environment, like a real command
+        worker = Worker("app", reader=reader, writer=writer, settings=Settings())
+        worker.cli(["drain"])
     settings = fast_settings(
         max_queue_size=40,
         lookup_block_size=10,

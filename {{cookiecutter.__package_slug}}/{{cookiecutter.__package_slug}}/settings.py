@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field{% if cookiecutter.include_aiocache %}, SecretStr{% endif %}
+from pydantic import Field{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, SecretStr{% endif %}
 from pydantic_settings import SettingsConfigDict
 from quasiqueue import Settings as QuasiQueueSettings
 
@@ -60,6 +60,26 @@ class Settings(QuasiQueueSettings):
     )
     cache_ttl: int = Field(default=3600, ge=0)
     cache_enabled: bool = True
+{%- endif %}
+{%- if cookiecutter.include_redis_jobs %}
+
+    # Jobs in a Redis stream (see docs/scaling.md).
+    # Where the job stream lives; the password is kept out of the URL, logs and reprs.
+    jobs_redis_url: str = "redis://127.0.0.1:6379/0"
+    jobs_password: SecretStr | None = None
+    # The stream; empty means "<project_name>:jobs". Dead letters go to "<stream>:dead".
+    jobs_stream: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:{}@-]+$")
+    jobs_group: str = Field(default="workers", pattern=r"^[A-Za-z0-9_.:{}@-]+$")
+    # This instance's consumer name; empty means "<hostname>-<pid>" (new on each start).
+    jobs_consumer: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:{}@-]+$")
+    # Seconds a job may sit un-renewed in a consumer's pending list before another takes it.
+    jobs_claim_idle: float = Field(default=60.0, ge=0.1)
+    # Tries of one job (failures and deaths of its worker) before it goes to the dead letters.
+    jobs_max_attempts: int = Field(default=3, ge=1)
+    # The most dead letters kept (approximately; the oldest are trimmed).
+    jobs_dead_maxlen: int = Field(default=100_000, ge=1)
+    # Seconds a submit key is remembered: the same key is not added again within this time.
+    jobs_key_ttl: int = Field(default=86_400, ge=1)
 {%- endif %}
 
 
