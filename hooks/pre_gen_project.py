@@ -17,13 +17,6 @@ CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
 MAX_NAME_LENGTH = 40
 LICENSES = ("MIT", "Apache-2.0", "BSD-3-Clause", "GPL-3.0-only", "Proprietary")
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
-FEATURES = (
-    "include_aiocache",
-    "include_streaming_io",
-    "include_bounded_queue",
-    "include_spool",
-    "include_redis_jobs",
-)
 # Import names the rendered project depends on or creates: a package of the same name would
 # shadow them.
 TAKEN = frozenset(
@@ -119,7 +112,7 @@ def check(context: dict) -> None:
             f"python_version {context['python_version']!r} is not one of "
             f"{', '.join(PYTHON_VERSIONS)}"
         )
-    for feature in FEATURES:
+    for feature in (key for key in context if key.startswith("include_")):
         if not isinstance(context[feature], bool):
             raise Rejected(f"{feature} {context[feature]!r} is not a yes/no answer (true or false)")
 

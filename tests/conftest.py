@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,12 +10,10 @@ from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FEATURES = (
-    "include_aiocache",
-    "include_streaming_io",
-    "include_bounded_queue",
-    "include_spool",
-    "include_redis_jobs",
+FEATURES = tuple(
+    key
+    for key in json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    if key.startswith("include_")
 )
 
 

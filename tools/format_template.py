@@ -8,6 +8,7 @@ manual edit. Usage: python tools/format_template.py
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -18,13 +19,11 @@ from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 ROOT = "{{cookiecutter.__package_slug}}"
-FEATURES = (
-    "include_aiocache",
-    "include_streaming_io",
-    "include_bounded_queue",
-    "include_spool",
-    "include_redis_jobs",
-)
+FEATURES = [
+    key
+    for key in json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    if key.startswith("include_")
+]
 NAME = "fmt_probe_as_long_as_the_longest_name_xx"  # 40 characters, the limit
 SWAPS = (
     ("{{ cookiecutter.__env_prefix }}", NAME.upper() + "_"),
