@@ -332,19 +332,20 @@ async def test_only_the_consumer_holding_a_job_can_acknowledge_it(
 
 
 # ---- instances on "many machines" -------------------------------------------------------------
+@pytest.mark.timeout(300)
 def test_two_instances_share_5000_jobs_exactly_once(
     server: Server, stream: str, journal: Journal
 ) -> None:
     with instances(server.port, stream, journal) as start:
         first, second = start("alpha", "serve", "--work-ms", "1"), start("beta", "serve")
-        wait_until(lambda: journal.column(0)["ready"] == 4, 30, "4 worker processes ready")
+        wait_until(lambda: journal.column(0)["ready"] == 4, 90, "4 worker processes ready")
         with Jobs(settings_for(server.port, stream)) as jobs:
             submitted = set(jobs.submit_many(range(5000)))
-            wait_until(lambda: jobs.stats().waiting + jobs.stats().pending == 0, 40, "drained")
+            wait_until(lambda: jobs.stats().waiting + jobs.stats().pending == 0, 120, "drained")
         for process in (first, second):
             process.send_signal(signal.SIGTERM)
         for process in (first, second):
-            assert process.wait(20) == 0, process.communicate()[1][-2000:]
+            assert process.wait(60) == 0, process.communicate()[1][-2000:]
 
     recorded = acks(server.port, stream)
     assert Counter(ack["job"] for ack in recorded) == Counter(submitted)  # one success each
@@ -354,6 +355,7 @@ def test_two_instances_share_5000_jobs_exactly_once(
     assert ran == Counter(submitted)  # nobody died: one run each
 
 
+@pytest.mark.timeout(300)
 def test_kill_9_one_instance_the_other_claims_its_jobs(
     server: Server, stream: str, journal: Journal
 ) -> None:
@@ -366,14 +368,14 @@ def test_kill_9_one_instance_the_other_claims_its_jobs(
     with instances(server.port, stream, journal) as start:
         # "doomed" is slow: 1 process, 8 jobs at a time, 20 ms each, and it buffers many jobs.
         doomed = start("doomed", "serve", "--work-ms", "20", "--processes", "1", "--tasks", "8")
-        wait_until(lambda: acked_by("doomed") >= 50, 30, "the first instance at work")
+        wait_until(lambda: acked_by("doomed") >= 50, 90, "the first instance at work")
         survivor = start("survivor", "drain", "--work-ms", "2")
-        wait_until(lambda: acked_by("survivor") >= 1, 30, "the second instance at work")
+        wait_until(lambda: acked_by("survivor") >= 1, 90, "the second instance at work")
         with client_for(server.port) as client:
             held = client.xpending_range(stream, "workers", "-", "+", 5000, "doomed")
         assert held, "the first instance holds no job: nothing to claim"
         kill_instance(doomed)
-        out, err = survivor.communicate(timeout=40)
+        out, err = survivor.communicate(timeout=120)
         assert survivor.returncode == 0, err[-2000:]
 
     summary = json.loads(out)
@@ -391,6 +393,7 @@ def test_kill_9_one_instance_the_other_claims_its_jobs(
         assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, 0)
 
 
+@pytest.mark.timeout(300)
 async def test_workers_reconnect_when_redis_restarts_mid_drain(
     tmp_path: Path, stream: str, journal: Journal
 ) -> None:
@@ -407,13 +410,13 @@ async def test_workers_reconnect_when_redis_restarts_mid_drain(
 
         worker = JobsWorker("t", reader=reader, settings=settings, record_acks=True)
         drain = asyncio.ensure_future(worker.drain())
-        await wait_for(lambda: len(journal.rows()) >= 200, 30, "200 jobs run")
+        await wait_for(lambda: len(journal.rows()) >= 200, 90, "200 jobs run")
         acked_before = len(acks(port, stream))
         assert not drain.done()
         assert acked_before < 900  # most acknowledgements have to wait for the restart
     # The server was killed (-9) on leaving the block; start it again on the same port.
     with running("redis", tmp_path, port=port, extra_args=persist):
-        done, _ = await asyncio.wait({drain}, timeout=40)
+        done, _ = await asyncio.wait({drain}, timeout=120)
         assert done, "drain did not finish after Redis came back"
         summary = drain.result()
         recorded = acks(port, stream)
@@ -424,6 +427,7 @@ async def test_workers_reconnect_when_redis_restarts_mid_drain(
     assert summary.succeeded + summary.failed == summary.enqueued
 
 
+@pytest.mark.timeout(300)
 def test_sigterm_puts_fetched_but_unstarted_jobs_back_at_once(
     server: Server, stream: str, journal: Journal
 ) -> None:
@@ -431,7 +435,7 @@ def test_sigterm_puts_fetched_but_unstarted_jobs_back_at_once(
         jobs.submit_many(range(200))
     with instances(server.port, stream, journal) as start:
         slow = start("slow", "serve", "--work-ms", "50", "--processes", "1", "--tasks", "2")
-        wait_until(lambda: len(acks(server.port, stream)) >= 2, 30, "the instance at work")
+        wait_until(lambda: len(acks(server.port, stream)) >= 2, 90, "the instance at work")
         slow.send_signal(signal.SIGTERM)
         assert slow.wait(20) == 0
 
