@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import subprocess
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from {{ cookiecutter.__package_slug }}.settings import Settings
 
@@ -60,3 +65,29 @@ def fast_settings(**overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def kill_session(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """kill -9 a process started with `start_new_session=True` and its whole process group.
+
+    As if its machine died: returns once the process is reaped and no process of its group can
+    run another instruction (gone, or a zombie waiting for init), so nothing it does lands late.
+    """
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while running_in_group(process.pid):
+        assert time.monotonic() < deadline, f"process group {process.pid} still running"
+        time.sleep(0.01)
+
+
+def running_in_group(pgid: int) -> list[int]:
+    """PIDs of the processes of group `pgid` that are not yet dead or zombies."""
+    alive = []
+    for candidate in psutil.process_iter():
+        try:
+            if os.getpgid(candidate.pid) == pgid and candidate.status() != psutil.STATUS_ZOMBIE:
+                alive.append(candidate.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return alive

@@ -19,7 +19,7 @@ from typing import Any, cast
 import pytest
 import redis
 from servers import Server, running
-from support import Journal, fast_settings
+from support import Journal, fast_settings, kill_session
 
 from {{ cookiecutter.__package_slug }} import jobs as jobs_module
 from {{ cookiecutter.__package_slug }}.jobs import (
@@ -115,12 +115,6 @@ def instances(port: int, stream: str, journal: Journal) -> Iterator[Callable[...
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
             process.communicate(timeout=10)
-
-
-def kill_instance(process: subprocess.Popen[str]) -> None:
-    """kill -9 the instance and its worker processes, as if its machine died."""
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
 
 
 # ---- submitting -------------------------------------------------------------------------------
@@ -374,7 +368,7 @@ def test_kill_9_one_instance_the_other_claims_its_jobs(
         with client_for(server.port) as client:
             held = client.xpending_range(stream, "workers", "-", "+", 5000, "doomed")
         assert held, "the first instance holds no job: nothing to claim"
-        kill_instance(doomed)
+        kill_session(doomed)
         out, err = survivor.communicate(timeout=120)
         assert survivor.returncode == 0, err[-2000:]
 

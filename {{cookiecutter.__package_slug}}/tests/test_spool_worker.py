@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from support import Journal, fast_settings
+from support import Journal, fast_settings, kill_session
 
 from {{ cookiecutter.__package_slug }}.spool import Consumer, Producer
 from {{ cookiecutter.__package_slug }}.spool_source import SpoolItem, SpoolWorker
@@ -72,7 +71,7 @@ async def test_a_failed_record_redelivers_its_batch(tmp_path: Path, journal: Jou
 SERVE = """
 import asyncio, os, sys, time
 sys.path[:0] = [sys.argv[3], sys.argv[4]]
-from support import Journal, fast_settings
+from support import Journal, fast_settings, kill_session
 from {{ cookiecutter.__package_slug }}.spool_source import SpoolWorker
 
 journal = Journal(__import__("pathlib").Path(sys.argv[2]))
@@ -91,15 +90,15 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, journal: Journal) -> None
     fill(root)
     tests = Path(__file__).parent
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(root), str(journal.path), str(tests), os.getcwd()]
+        [sys.executable, "-c", SERVE, str(root), str(journal.path), str(tests), os.getcwd()],
+        start_new_session=True,  # its worker processes share its process group
     )
     deadline = time.monotonic() + 30
     while sum(journal.column(0).values()) < 100:
         assert time.monotonic() < deadline
         assert process.poll() is None
         time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)  # the parent, holding claimed batches
-    process.wait(10)
+    kill_session(process)  # the parent holds claimed batches, its children items in flight
     first = Counter(journal.column(0))
 
     async def reader(item: SpoolItem) -> None:
