@@ -29,8 +29,8 @@ PRELUDE = """
 import importlib, json, os, sys
 spool = importlib.import_module(sys.argv[1])
 root = sys.argv[2]
-def say(*parts):
-    print(*parts, flush=True)
+def say(*parts):  # one write per line: a forked child and its parent share this pipe
+    os.write(1, (" ".join(map(str, parts)) + "\\n").encode())
 """
 
 PRODUCER = (
