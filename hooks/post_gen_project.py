@@ -22,7 +22,6 @@ FEATURE_FILES = {
         "tests/test_cache.py",
         "tests/servers.py",
         "docs/cache.md",
-        "compose.yaml",
     ],
     "include_streaming_io": [
         "{slug}/streaming.py",
@@ -46,7 +45,6 @@ FEATURE_FILES = {
         "tests/servers.py",
         "bench/bench_jobs.py",
         "docs/scaling.md",
-        "compose.yaml",
     ],
     "include_spool": [
         "{slug}/spool.py",

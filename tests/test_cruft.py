@@ -1,7 +1,10 @@
-"""`cruft create`, a user edit, a new template commit, `cruft update`: both changes kept."""
+"""`cruft create` from a tag, a user edit, a skipped file, a new tagged template version,
+`cruft update --checkout` to it: the template's change and the user's edit are both kept,
+and the skipped file is left alone."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -22,10 +25,14 @@ def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Pat
     git(template, "init", "-q", "-b", "main")
     git(template, "add", "-A")
     git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "v1")
+    git(template, "tag", "v0.1.0")
 
     out = tmp_path / "out"
     created = run(
-        [str(BIN / "cruft"), "create", "--no-input", "--output-dir", str(out), str(template)],
+        [
+            *(str(BIN / "cruft"), "create", "--no-input", "--checkout", "v0.1.0"),
+            *("--output-dir", str(out), str(template)),
+        ],
         cwd=tmp_path,
     )
     assert created.returncode == 0, created.stdout + created.stderr
@@ -36,6 +43,10 @@ def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Pat
 
     qq = project / "my_worker" / "qq.py"
     qq.write_text(qq.read_text().replace("a stand-in for real work", "our real work"))
+    cruft_json = project / ".cruft.json"
+    state = json.loads(cruft_json.read_text())
+    cruft_json.write_text(json.dumps({**state, "skip": ["Dockerfile"]}, indent=2) + "\n")
+    dockerfile = (project / "Dockerfile").read_text()
     git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qam", "edit")
 
     summary = (
@@ -51,15 +62,26 @@ def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Pat
             '"""The result of one run of the worker (v2)."""',
         )
     )
+    template_dockerfile = template / "{{cookiecutter.__package_slug}}" / "Dockerfile"
+    template_dockerfile.write_text("# v2\n" + template_dockerfile.read_text())
     git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+    git(template, "tag", "v0.2.0")
 
     checked = run([str(BIN / "cruft"), "check"], cwd=project)
     assert checked.returncode != 0  # the project is behind the template
     updated = run(
-        [str(BIN / "cruft"), "update", "--skip-apply-ask", "--allow-untracked-files"], cwd=project
+        [
+            *(str(BIN / "cruft"), "update", "--checkout", "v0.2.0"),
+            *("--skip-apply-ask", "--allow-untracked-files"),
+        ],
+        cwd=project,
     )
     assert updated.returncode == 0, updated.stdout + updated.stderr
 
     assert "(v2)" in (project / "my_worker" / "worker" / "summary.py").read_text()
     assert "our real work" in qq.read_text()
+    assert (project / "Dockerfile").read_text() == dockerfile  # skipped: ours, not updated
+    assert (
+        json.loads(cruft_json.read_text())["commit"] == git(template, "rev-parse", "v0.2.0").strip()
+    )
     assert run([str(BIN / "cruft"), "check"], cwd=project).returncode == 0

@@ -20,7 +20,7 @@ def test_make_demo(tmp_path: Path) -> None:
 
 
 def test_rendered_readme_commands(cookies: Any) -> None:
-    """The rendered README's two commands, `make install` and `make test`, work as written."""
+    """The rendered README's commands, `make install`, `make test`, `make dist`, work as written."""
     result = cookies.bake()
     project = Path(result.project_path)
     installed = run(["make", "install"], cwd=project, timeout=900)
@@ -28,3 +28,6 @@ def test_rendered_readme_commands(cookies: Any) -> None:
     tested = run(["make", "test"], cwd=project, timeout=900)
     assert tested.returncode == 0, tested.stdout[-5000:] + tested.stderr[-3000:]
     assert re.search(r"\d+ passed", tested.stdout)
+    built = run(["make", "dist"], cwd=project, timeout=900)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert sorted(path.suffix for path in (project / "dist").iterdir()) == [".gz", ".whl"]

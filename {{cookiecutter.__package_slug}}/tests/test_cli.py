@@ -7,12 +7,17 @@ import json
 import os
 import pty
 import select
+import signal
 import struct
 import subprocess
 import sys
 import termios
 import time
 from pathlib import Path
+
+from support import free_port
+
+from {{ cookiecutter.__package_slug }}.worker.metrics import probe
 
 PROJECT = Path(__file__).resolve().parents[1]
 PREFIX = "{{ cookiecutter.__env_prefix }}"
@@ -90,3 +95,42 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert json.loads(process.stdout.read())["succeeded"] == 100
     assert b"100/100" in shown
     assert b"item/s" in shown
+
+
+def test_health_check_follows_the_metrics_server(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(METRICS_PORT=str(port), METRICS_HOST="0.0.0.0", LOG_LEVEL="WARNING")
+    journal = str(tmp_path / "journal.tsv")
+
+    def health(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(APP), journal, "health"],
+            cwd=PROJECT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    down = health(env)
+    assert down.returncode == 1
+    assert down.stderr.startswith(f"unhealthy: no answer from http://127.0.0.1:{port}/metrics")
+
+    server = subprocess.Popen([sys.executable, str(APP), journal, "listen"], cwd=PROJECT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while probe("127.0.0.1", port) is not None:
+            assert server.poll() is None, "the worker exited"
+            assert time.monotonic() < deadline, "the metrics server never answered"
+            time.sleep(0.05)
+        up = health(env)
+        assert (up.returncode, up.stderr) == (0, "")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+
+    off = health(clean_env(METRICS_PORT="0"))
+    assert off.returncode == 1
+    assert off.stderr.strip() == (
+        f"unhealthy: {PREFIX}METRICS_PORT is 0: the health check needs the metrics server"
+    )

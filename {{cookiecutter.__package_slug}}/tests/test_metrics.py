@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from support import Journal, fast_settings, writer_over
+from support import Journal, fast_settings, free_port, writer_over
 
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 ITEMS = 200
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def samples(text: str) -> dict[str, float]:

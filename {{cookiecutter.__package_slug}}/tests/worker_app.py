@@ -1,8 +1,9 @@
 """A worker served in a subprocess by test_worker_shutdown.py: `python worker_app.py JOURNAL MODE`.
 
 MODE is `busy` (endless items, each taking a while), `idle` (no items), `stuck` (items that
-never finish), or `drain` (drain 100 quick items and print the summary). Everything the
-worker does is written to the journal.
+never finish), `drain` (drain 100 quick items and print the summary), `listen` (serve no
+items) or `health` (check a listening one). The last three take their settings from the
+environment, like the real command. Everything the worker does is written to the journal.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main(journal: Journal, mode: str) -> None:
     numbers: Iterator[int] = iter(range(100)) if mode == "drain" else itertools.count()
 
     async def writer(desired: int) -> AsyncIterator[int]:
-        if mode != "idle":
+        if mode not in ("idle", "listen"):
             for number in itertools.islice(numbers, desired):
                 yield number
 
@@ -51,9 +52,9 @@ def main(journal: Journal, mode: str) -> None:
         def on_failure(self, item: Any, error: str) -> None:
             journal.add("failed", item)
 
-    if mode == "drain":  # as configured by the environment, like a real command
+    if mode in ("drain", "listen", "health"):  # configured by the environment
         worker = Worker("app", reader=reader, writer=writer, settings=Settings())
-        worker.cli(["drain"])
+        worker.cli(["serve" if mode == "listen" else mode])
     settings = fast_settings(
         max_queue_size=40,
         lookup_block_size=10,

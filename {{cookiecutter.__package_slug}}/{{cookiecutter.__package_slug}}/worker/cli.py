@@ -1,4 +1,4 @@
-"""The worker's command line: `python -m <package>.qq [serve|drain]`."""
+"""The worker's command line: `python -m <package>.qq [serve|drain|health]`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import WorkerError
 from .logs import configure_logging
+from .metrics import probe
 
 if TYPE_CHECKING:
     from .runner import Worker
@@ -37,6 +38,19 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
             summary = asyncio.run(worker.drain(progress))
         typer.echo(summary.to_json())
         raise typer.Exit(0 if summary.ok else 1)
+
+    @app.command()
+    def health() -> None:
+        """Exit 0 if a running worker answers on its metrics port, else 1 (a HEALTHCHECK)."""
+        settings = worker.settings
+        if settings.metrics_port == 0:
+            name = f"{settings.model_config.get('env_prefix', '')}METRICS_PORT"
+            problem: str | None = f"{name} is 0: the health check needs the metrics server"
+        else:
+            problem = probe(settings.metrics_host, settings.metrics_port)
+        if problem is not None:
+            typer.echo(f"unhealthy: {problem}", err=True)
+            raise typer.Exit(1)
 
     configure_logging(worker.settings.log_level, worker.settings.log_format)
     args = list(sys.argv[1:] if argv is None else argv) or ["serve"]

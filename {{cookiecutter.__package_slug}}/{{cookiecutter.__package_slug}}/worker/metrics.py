@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,3 +107,18 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Serve
             writer.close()
 
     return await asyncio.start_server(answer, host, port)
+
+
+def probe(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """Fetch the metrics page of a running worker; return what went wrong, or None if it answered.
+
+    A wildcard `host` (the server listens on every address) is probed on the loopback address.
+    """
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    url = f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+    except OSError as exc:
+        return f"no answer from {url}: {exc}"
+    return None
