@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, FEATURES, TEMPLATE, run
+from conftest import BIN, FEATURES, TEMPLATE, make_targets, run, workflow_problems
 
 ALL_ON = dict.fromkeys(FEATURES, True)
 ALL_OFF = dict.fromkeys(FEATURES, False)
@@ -100,6 +100,8 @@ def test_configs_parse_and_carry_the_answers(baked: tuple[dict[str, Any], Path])
     ]
     assert pyproject["project"]["requires-python"] == f">={expect['python_version']}"
     assert "quasiqueue>=0.7,<0.8" in pyproject["project"]["dependencies"]
+    readme = (project / "README.md").read_text()
+    assert f"Cookiecutter template (version {defaults['__template_version']})" in readme
     slug = project.name
     assert pyproject["project"]["name"] == slug.replace("_", "-")
     package_doc = (project / slug / "__init__.py").read_text()
@@ -174,13 +176,7 @@ def test_rendered_test_suite_passes(baked: tuple[dict[str, Any], Path]) -> None:
 
 
 # ---- the production kit: container, workflows, pre-commit ------------------------------------
-SHA_PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
-MAKE_CALL = re.compile(r"\bmake\s+([a-z][\w-]*)")
 VERSIONS = ["3.10", "3.11", "3.12", "3.13"]
-
-
-def make_targets(makefile: Path) -> set[str]:
-    return set(re.findall(r"^([A-Za-z][\w.-]*):(?!=)", makefile.read_text(), re.MULTILINE))
 
 
 def test_dockerfile_is_hadolint_clean(baked: tuple[dict[str, Any], Path]) -> None:
@@ -204,23 +200,13 @@ def test_workflows_are_zizmor_clean(baked: tuple[dict[str, Any], Path]) -> None:
 
 def test_workflow_and_hook_structure(baked: tuple[dict[str, Any], Path]) -> None:
     answers, project = baked
-    targets = make_targets(project / "Makefile")
     oldest = answers.get("python_version", VERSIONS[0])
     workflows = {
         path.name: yaml.safe_load(path.read_text())
         for path in (project / ".github" / "workflows").glob("*.yml")
     }
     assert set(workflows) == {"ci.yml", "release.yml"}
-    for name, workflow in workflows.items():
-        assert "permissions" in workflow, name
-        for job_name, job in workflow["jobs"].items():
-            for axis, values in job.get("strategy", {}).get("matrix", {}).items():
-                assert values, f"{name}: {job_name}: empty matrix axis {axis}"
-            for step in job["steps"]:
-                if "uses" in step:
-                    assert SHA_PINNED.match(step["uses"]), step["uses"]
-                for target in MAKE_CALL.findall(step.get("run", "")):
-                    assert target in targets, f"{name}: make {target}"
+    assert workflow_problems(workflows, make_targets(project / "Makefile")) == []
     tested = workflows["ci.yml"]["jobs"]["test"]["strategy"]["matrix"]["python-version"]
     assert tested == VERSIONS[VERSIONS.index(oldest) :]
 
