@@ -185,15 +185,15 @@ class _WorkerProcess(asyncio.Protocol):
                     continue
                 logger.exception("reader failed on %s after %d attempt(s)", shorten(item), attempt)
                 error = f"{type(exc).__name__}: {exc}"[:2000].encode(errors="replace")
-                self._send(encode(Kind.FAILED, seq, attempt, error))
-                if metrics is not None:
-                    metrics.failed.inc()
+                if metrics is not None:  # duration first: whoever sees the outcome sees it
                     metrics.duration.observe(time.perf_counter() - started)
+                    metrics.failed.inc()
+                self._send(encode(Kind.FAILED, seq, attempt, error))
                 return
-            self._send(encode(Kind.SUCCEEDED, seq, attempt))
             if metrics is not None:
-                metrics.succeeded.inc()
                 metrics.duration.observe(time.perf_counter() - started)
+                metrics.succeeded.inc()
+            self._send(encode(Kind.SUCCEEDED, seq, attempt))
             return
 
     # lifecycle
