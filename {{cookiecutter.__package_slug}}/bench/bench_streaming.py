@@ -143,29 +143,23 @@ def run_pair(write: Callable[[], None], read: Callable[[], None]) -> float:
     return seconds
 
 
+def write_all(pipe: QueueIO, total: int, pieces: list[bytes]) -> None:
+    """Write `total` bytes, cycling through `pieces`, then close the pipe."""
+    w = pipe.write
+    with pipe:
+        for _ in range(total // BLOCK):
+            for piece in pieces:
+                w(piece)
+
+
 def run_writer_alone(pipe: QueueIO, total: int, pieces: list[bytes]) -> float:
     """The writer's cost without a reader: the pipe must be able to hold everything."""
-
-    def write() -> None:
-        w = pipe.write
-        with pipe:
-            for _ in range(total // BLOCK):
-                for piece in pieces:
-                    w(piece)
-
-    return timed(write)
+    return timed(lambda: write_all(pipe, total, pieces))
 
 
 def run_queue(
     pipe: QueueIO, total: int, pieces: list[bytes], mode: str, read_size: int = BLOCK
 ) -> float:
-    def write() -> None:
-        w = pipe.write
-        with pipe:
-            for _ in range(total // BLOCK):
-                for piece in pieces:
-                    w(piece)
-
     received = 0
 
     def read() -> None:
@@ -180,7 +174,7 @@ def run_queue(
             while n := ri(buf):
                 received += n
 
-    seconds = run_pair(write, read)
+    seconds = run_pair(lambda: write_all(pipe, total, pieces), read)
     assert received == total, (received, total)
     return seconds
 
