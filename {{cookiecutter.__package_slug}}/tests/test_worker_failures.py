@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections import Counter
@@ -117,6 +118,50 @@ async def test_a_crashed_process_fails_its_items_and_is_replaced(
         str(item) for item, _ in worker.failures
     }
     assert "exited with code 7: replacing it" in caplog.text
+
+
+async def test_finish_runs_in_the_worker_process_after_the_reader_outside_its_slot(
+    journal: Journal,
+) -> None:
+    started: dict[int, asyncio.Event] = {}  # per worker process (a fork copies it)
+
+    def event(item: int) -> asyncio.Event:
+        return started.setdefault(item, asyncio.Event())
+
+    async def reader(item: int) -> None:
+        event(item).set()
+        if item == 3:
+            raise ValueError("three")
+
+    async def finish(item: int, ctx: Any, error: str | None) -> None:
+        if item < 5:  # one reader slot, yet the next item's reader runs while this finishes
+            await asyncio.wait_for(event(item + 1).wait(), 10)
+        journal.add(item, error or "ok", os.getpid())
+        if item == 4:
+            raise RuntimeError("acknowledgement refused")
+
+    settings = fast_settings(num_processes=1, concurrent_tasks_per_process=1)
+    worker = RecordingWorker(
+        "t", reader=reader, writer=writer_over(range(6)), settings=settings, finish=finish
+    )
+    worker.failures, worker.unstarted = [], []
+    summary = await worker.drain()
+
+    assert (summary.succeeded, summary.failed) == (4, 2)
+    assert sorted(worker.failures) == [
+        (3, "ValueError: three"),
+        (4, "RuntimeError: acknowledgement refused"),
+    ]
+    rows = {int(item): (error, pid) for item, error, pid in journal.rows()}
+    assert {item: error for item, (error, _) in rows.items()} == {
+        0: "ok",
+        1: "ok",
+        2: "ok",
+        3: "ValueError: three",
+        4: "ok",
+        5: "ok",
+    }
+    assert str(os.getpid()) not in {pid for _, pid in rows.values()}  # ran in the worker
 
 
 async def test_unpicklable_item_fails_fast() -> None:

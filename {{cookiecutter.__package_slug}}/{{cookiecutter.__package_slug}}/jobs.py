@@ -7,11 +7,12 @@
   left pending by an instance that died are claimed after `JOBS_CLAIM_IDLE` seconds, and the
   reader's own process acknowledges a job only after the reader returned. A failed job is
   put back at the end of the stream until `JOBS_MAX_ATTEMPTS`, then moved to the dead-letter
-  stream with its error. An acknowledged job is deleted from the stream.
+  stream with its error. Acknowledged jobs are trimmed from the stream as the writer reads.
 
-An acknowledgement is accepted only from the consumer that holds the job with the delivery
-count it was handed out with, so a job that was claimed away (its holder was presumed dead)
-is acknowledged once, by the new holder: one success per job, even if a reader ran twice.
+A job is acknowledged once (XACK tells whether this call removed it from the pending list):
+if a job was claimed away from a stalled instance and both runs finish, the first to
+acknowledge counts and the other is reported as `JobLost`. One success per job, even if a
+reader ran twice.
 """
 
 from __future__ import annotations
@@ -212,7 +213,6 @@ local function deliver(e, deliveries)
          '(attempt ' .. (attempt - 1) .. ' of ' .. maxa .. ')' ..
          (m['error'] and ('; earlier: ' .. m['error']) or ''), c)
     redis.call('XACK', s, g, id)
-    redis.call('XDEL', s, id)
     return
   end
   out[#out + 1] = {id, m['job'] or id, m['key'] or '', m['payload'] or '', attempt, deliveries}
@@ -238,31 +238,35 @@ if mode == 'claim' then
   end
   n = n - #r[2]
 end
+local fresh = -1
 if n > 0 then
   local r = redis.call('XREADGROUP', 'GROUP', g, c, 'COUNT', n, 'STREAMS', s, '>')
+  fresh = r and #r[1][2] or 0
   if r then for _, e in ipairs(r[1][2]) do deliver(e, 1) end end
 end
-local pending = 0
-if #out == 0 then pending = redis.call('XPENDING', s, g)[1] end
-return cjson.encode({cursor, pending, out})
+-- Trim: every entry older than the oldest pending one was acknowledged. Whole nodes go
+-- (~, cheap); when nothing is pending or new, every entry was acknowledged: all go.
+local p = redis.call('XPENDING', s, g)
+if p[1] > 0 then
+  redis.call('XTRIM', s, 'MINID', '~', p[2])
+elseif fresh == 0 then
+  redis.call('XTRIM', s, 'MAXLEN', 0)
+end
+return cjson.encode({cursor, #out == 0 and p[1] or 0, out})
 """
 )
 
 # KEYS: stream, acked. ARGV: group, consumer, record (1|0), maxlen, and one string of
 # space-separated entry, deliveries, job id triples. Returns one character per job:
-# 1 (acknowledged) or 0 (not held any more).
-_ACK = (
-    _HELPERS
-    + """
+# 1 (acknowledged now) or 0 (acknowledged before, by a consumer that claimed it).
+_ACK = """
 local s, a, g, c = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local words = {}
 for w in string.gmatch(ARGV[5], '%S+') do words[#words + 1] = w end
 local out = {}
 for i = 1, #words, 3 do
   local id = words[i]
-  if holds(s, g, c, id, words[i + 1]) then
-    redis.call('XACK', s, g, id)
-    redis.call('XDEL', s, id)
+  if redis.call('XACK', s, g, id) == 1 then
     if ARGV[3] == '1' then
       redis.call('XADD', a, 'MAXLEN', '~', ARGV[4], '*', 'job', words[i + 2], 'entry', id,
                  'consumer', c, 'deliveries', words[i + 1])
@@ -274,7 +278,6 @@ for i = 1, #words, 3 do
 end
 return table.concat(out)
 """
-)
 
 # KEYS: stream, dead. ARGV: group, consumer, entry, deliveries, next attempt, max attempts,
 # error, dead maxlen. Puts the job back as a new entry (or buries it) and acknowledges the old
@@ -288,7 +291,6 @@ if not holds(s, g, c, id, ARGV[4]) then return 0 end
 local e = redis.call('XRANGE', s, id, id)[1]
 local m = fieldmap(e and e[2])
 redis.call('XACK', s, g, id)
-redis.call('XDEL', s, id)
 if not e then return 0 end
 if nexta > maxa then
   bury(d, ARGV[8], id, m, nexta - 1, err, c)
@@ -391,15 +393,19 @@ class Jobs:
 
     def stats(self) -> JobStats:
         """How many jobs wait, are pending with a consumer, and are dead letters."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xlen(self.stream)
-        pipe.xlen(self.dead)
-        length, dead = pipe.execute()
+        dead = int(self.client.xlen(self.dead))
         try:
-            pending = int(self.client.xpending(self.stream, self.settings.jobs_group)["pending"])
-        except ResponseError:  # no group (yet): nothing was handed out
-            pending = 0
-        return JobStats(self.stream, int(length) - pending, pending, int(dead))
+            groups = self.client.xinfo_groups(self.stream)
+        except ResponseError:  # no stream yet
+            groups = []
+        group = next((g for g in groups if g["name"] == self.settings.jobs_group), None)
+        if group is None:  # nothing was handed out yet
+            return JobStats(self.stream, int(self.client.xlen(self.stream)), 0, dead)
+        waiting = group["lag"]
+        if waiting is None:  # entries were deleted by hand: count those after the last delivered
+            after = f"({group['last-delivered-id']}"
+            waiting = len(cast(list[Any], self.client.xrange(self.stream, after, "+")))
+        return JobStats(self.stream, int(waiting), int(group["pending"]), dead)
 
     def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The oldest `count` dead letters: job id, payload (JSON), key, attempts, error."""
@@ -830,6 +836,7 @@ class JobsWorker(Worker):
             writer=self.source.writer,
             context=self._context,
             settings=settings.model_copy(update={"max_retries": 0}),
+            finish=self._finish_job,
         )
 
     @property
@@ -880,40 +887,41 @@ class JobsWorker(Worker):
             await acker.close()
 
     async def _run_job(self, item: Delivery, ctx: ProcessJobs, settings: Settings) -> None:
-        max_attempts = settings.jobs_max_attempts
         try:
-            try:
-                payload = json.loads(item.payload)
-            except ValueError as exc:
-                raise JobsError(f"payload {shorten(item.payload)} is not JSON: {exc}") from None
-            job = Job(item.job_id, payload, item.key or None, item.attempt)
-            result = self.user_reader(
-                **keywords(self._user_takes, item=job, ctx=ctx.ctx, settings=settings)
-            )
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-            if item.attempt < max_attempts:
-                await asyncio.sleep(
-                    min(
-                        settings.retry_backoff * 2 ** (item.attempt - 1), settings.retry_backoff_max
-                    )
+            payload = json.loads(item.payload)
+        except ValueError as exc:
+            raise JobsError(f"payload {shorten(item.payload)} is not JSON: {exc}") from None
+        job = Job(item.job_id, payload, item.key or None, item.attempt)
+        result = self.user_reader(
+            **keywords(self._user_takes, item=job, ctx=ctx.ctx, settings=settings)
+        )
+        if inspect.isawaitable(result):
+            await result
+
+    async def _finish_job(self, item: Delivery, ctx: ProcessJobs, error: str | None) -> None:
+        """Acknowledge a job that succeeded; put back or bury one that failed."""
+        if error is None:
+            if not await ctx.acker.ack(item):
+                raise JobLost(
+                    f"job {item.job_id} was acknowledged by another consumer that claimed it "
+                    f"(JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed without a "
+                    "renewal): this result is not counted"
                 )
-            outcome = await ctx.acker.settle(item, item.attempt + 1, error)
-            fate = {
-                0: "not put back: another consumer had claimed it",
-                1: "put back for another attempt",
-                2: "moved to the dead letters",
-            }[outcome]
-            raise JobFailed(
-                f"job {item.job_id} attempt {item.attempt} of {max_attempts}: {error}; {fate}"
-            ) from exc
-        if not await ctx.acker.ack(item):
-            raise JobLost(
-                f"job {item.job_id} was claimed by another consumer (JOBS_CLAIM_IDLE "
-                f"{settings.jobs_claim_idle}s passed without renewal): not acknowledged here"
-            )
+            return
+        settings = self.settings
+        max_attempts = settings.jobs_max_attempts
+        if item.attempt < max_attempts:
+            backoff = settings.retry_backoff * 2 ** (item.attempt - 1)
+            await asyncio.sleep(min(backoff, settings.retry_backoff_max))
+        outcome = await ctx.acker.settle(item, item.attempt + 1, error)
+        fate = {
+            0: "not put back: another consumer claimed or finished it",
+            1: "put back for another attempt",
+            2: "moved to the dead letters",
+        }[outcome]
+        raise JobFailed(
+            f"job {item.job_id} attempt {item.attempt} of {max_attempts}: {error}; {fate}"
+        )
 
 
 # ---- command line ----------------------------------------------------------------------------

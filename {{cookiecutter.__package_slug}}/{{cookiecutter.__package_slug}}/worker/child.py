@@ -1,9 +1,12 @@
 """What runs inside each worker process.
 
 A worker process opens the context once, then runs the reader on the items its parent sends,
-at most `concurrency` at a time, and reports one outcome per item. It never abandons an item
-it was sent: on RETIRE it finishes all of them, on STOP (or SIGTERM) it finishes the running
-ones and hands the others back as not started. Then it closes the context and exits.
+at most `concurrency` at a time, and reports one outcome per item. If the plan has a `finish`
+step (a durable source acknowledging the item), it runs after the reader, outside the
+reader's slot: the next item starts while the acknowledgement is on the wire. It never
+abandons an item it was sent: on RETIRE it finishes all of them, on STOP (or SIGTERM) it
+finishes the running ones and hands the others back as not started. Then it closes the
+context and exits.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +44,12 @@ class ReaderPlan:
     context: Callable[..., Any] | None
     settings: Any
     concurrency: int
+    window: int  # items the parent hands one process: reading, waiting, finishing
     max_retries: int
     retry_backoff: float
     retry_backoff_max: float
     metrics: Metrics | None = None
+    finish: Callable[..., Awaitable[None]] | None = None
 
 
 def shorten(value: Any, limit: int = 200) -> str:
@@ -71,6 +76,7 @@ class _WorkerProcess(asyncio.Protocol):
         self.frames = FrameReader()
         self.backlog: deque[tuple[int, bytes]] = deque()
         self.running: set[asyncio.Task[None]] = set()
+        self.reading = 0  # items in the reader (at most plan.concurrency)
         self.outbox: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.retiring = False
@@ -132,35 +138,72 @@ class _WorkerProcess(asyncio.Protocol):
     def _accept(self, frame: Frame) -> None:
         if self.stopping:
             self._send(encode(Kind.NOT_STARTED, frame.seq))
-        elif len(self.running) < self.plan.concurrency:
+        elif self.reading < self.plan.concurrency:
             self._start(frame.seq, frame.payload)
         else:
             self.backlog.append((frame.seq, frame.payload))
 
     def _start(self, seq: int, payload: bytes) -> None:
+        self.reading += 1
         task = asyncio.get_running_loop().create_task(self._run_item(seq, payload))
         self.running.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.running.discard(task)
+    def _reader_done(self) -> None:
+        """An item left the reader: its slot goes to the next item waiting."""
+        self.reading -= 1
         if self.backlog and not self.stopping:
             self._start(*self.backlog.popleft())
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
         self._check_done()
 
     async def _run_item(self, seq: int, payload: bytes) -> None:
-        plan = self.plan
+        holding = True  # this item holds one of the reader slots
         try:
-            item = pickle.loads(payload)
+            try:
+                item = pickle.loads(payload)
+            except Exception as exc:
+                logger.exception("item #%d could not be unpickled in %s", seq, _process_name())
+                self._send(encode(Kind.FAILED, seq, 1, f"unpickling failed: {exc!r}".encode()))
+                return
+            started = time.perf_counter()
+            attempt, error = await self._read(item)
+            finish = self.plan.finish
+            if finish is not None:
+                holding = False
+                self._reader_done()  # the next item reads while this one finishes
+                error = await self._finish(finish, item, error)
+            metrics = self.plan.metrics
+            if metrics is not None:  # duration first: whoever sees the outcome sees it
+                metrics.duration.observe(time.perf_counter() - started)
+                (metrics.succeeded if error is None else metrics.failed).inc()
+            if error is None:
+                self._send(encode(Kind.SUCCEEDED, seq, attempt))
+            else:
+                self._send(encode(Kind.FAILED, seq, attempt, error.encode(errors="replace")))
+        finally:
+            if holding:  # after the outcome is queued, so it is sent before the next item runs
+                self._reader_done()
+
+    async def _finish(
+        self, finish: Callable[..., Awaitable[None]], item: Any, error: str | None
+    ) -> str | None:
+        """Run the plan's finish step; return the item's error, or None if it succeeded."""
+        try:
+            await finish(item, self.ctx, error)
         except Exception as exc:
-            logger.exception("item #%d could not be unpickled in %s", seq, _process_name())
-            self._send(encode(Kind.FAILED, seq, 1, f"unpickling failed: {exc!r}".encode()))
-            return
+            return f"{type(exc).__name__}: {exc}"[:2000]
+        return error
+
+    async def _read(self, item: Any) -> tuple[int, str | None]:
+        """Run the reader on `item`, retrying as planned: (attempts made, final error or None)."""
+        plan = self.plan
         kwargs = keywords(plan.reader_takes, item=item, ctx=self.ctx, settings=plan.settings)
         metrics = plan.metrics
         if metrics is not None:
             metrics.started.inc()
-            started = time.perf_counter()
         attempt = 0
         while True:
             attempt += 1
@@ -184,17 +227,8 @@ class _WorkerProcess(asyncio.Protocol):
                     await asyncio.sleep(delay)
                     continue
                 logger.exception("reader failed on %s after %d attempt(s)", shorten(item), attempt)
-                error = f"{type(exc).__name__}: {exc}"[:2000].encode(errors="replace")
-                if metrics is not None:  # duration first: whoever sees the outcome sees it
-                    metrics.duration.observe(time.perf_counter() - started)
-                    metrics.failed.inc()
-                self._send(encode(Kind.FAILED, seq, attempt, error))
-                return
-            if metrics is not None:
-                metrics.duration.observe(time.perf_counter() - started)
-                metrics.succeeded.inc()
-            self._send(encode(Kind.SUCCEEDED, seq, attempt))
-            return
+                return attempt, f"{type(exc).__name__}: {exc}"[:2000]
+            return attempt, None
 
     # lifecycle
     def _on_sigterm(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..settings import Settings
@@ -16,6 +16,8 @@ from .supervisor import Hooks, Supervisor
 
 logger = logging.getLogger(__name__)
 
+FINISHING_WINDOW = 8  # items per reader slot a process may hold when items have a finish step
+
 
 class Worker:
     """Runs a QuasiQueue writer, reader and context over worker processes.
@@ -24,7 +26,10 @@ class Worker:
     functions the same way, by keyword. `main()` serves until SIGTERM or SIGINT; `drain()` runs
     until the writer has nothing more and every item has finished, and returns a `Summary`.
     Subclass it and override `on_success` / `on_failure` / `on_unstarted` to settle items
-    with a durable source.
+    with a durable source; such a source can also pass `finish`, a coroutine function
+    `finish(item, ctx, error)` that each worker process awaits after the reader (`error` is
+    None or the failure's text) to acknowledge the item there. It runs outside the reader's
+    concurrency slot, and if it raises, the item fails with that error.
     """
 
     def __init__(
@@ -34,11 +39,14 @@ class Worker:
         writer: Callable[..., Any],
         context: Callable[..., Any] | None = None,
         settings: Settings | None = None,
+        *,
+        finish: Callable[[Any, Any, str | None], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.reader = reader
         self.writer = writer
         self.context = context
+        self.finish = finish
         self.settings = settings if settings is not None else Settings()
         self._reader_takes = check_reader(reader)
         self._writer_takes = check_writer(writer)
@@ -86,16 +94,20 @@ class Worker:
     ) -> Supervisor:
         is_async = inspect.iscoroutinefunction(self.reader)
         settings = self.settings
+        concurrency = settings.concurrent_tasks_per_process if is_async else 1
         plan = ReaderPlan(
             reader=self.reader,
             reader_takes=self._reader_takes,
             context=self.context,
             settings=settings,
-            concurrency=settings.concurrent_tasks_per_process if is_async else 1,
+            concurrency=concurrency,
+            # Reading and the next items; with `finish`, also the items being acknowledged.
+            window=(2 if self.finish is None else FINISHING_WINDOW) * concurrency,
             max_retries=settings.max_retries,
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,
             metrics=metrics,
+            finish=self.finish,
         )
         hooks = Hooks(self.on_success, self.on_failure, self.on_unstarted)
         return Supervisor(

@@ -113,7 +113,7 @@ class Supervisor:
         self.requeue_window: float = settings.prevent_requeuing_time
         self.graceful_timeout: float = settings.graceful_shutdown_timeout
         self.max_jobs: int = settings.max_jobs_per_process or 0
-        self.window = 2 * plan.concurrency  # items handed to one process: running + next ones
+        self.window = plan.window  # items handed to one process at once
 
         self.loop = asyncio.get_running_loop()
         self.seq = itertools.count(1)
