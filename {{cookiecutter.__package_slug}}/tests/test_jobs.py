@@ -301,7 +301,7 @@ async def test_a_job_is_acknowledged_once_and_renewal_drops_claimed_jobs(
     slow.begin(draining=False)
     fast.begin(draining=False)
     try:
-        mine = [delivery async for delivery in slow.writer(2)]
+        mine = [Delivery._make(item) async for item in slow.writer(2)]
         assert [d.deliveries for d in mine] == [1, 1]
         # "slow" stalls: its jobs go idle, and "fast" claims one of them.
         assert fast._client is None
