@@ -146,6 +146,23 @@ def test_submit_keys_counts_and_bad_input(server: Server, stream: str) -> None:
         JobSource(settings_for(1, stream, jobs_redis_url="http://example"))
 
 
+def test_stats_count_what_waits_whatever_the_stream_still_holds(
+    server: Server, stream: str
+) -> None:
+    settings = settings_for(server.port, stream)
+    with Jobs(settings) as jobs:
+        assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, 0)  # no stream yet
+        ids = jobs.submit_many(range(5))
+        group = settings.jobs_group
+        jobs.client.xgroup_create(stream, group, id="0")
+        jobs.client.xreadgroup(group, "c", {stream: ">"}, count=2)
+        jobs.client.xack(stream, group, cast(str, ids[0]))  # acknowledged, not trimmed yet
+        assert jobs.client.xlen(stream) == 5
+        assert jobs.stats() == jobs_module.JobStats(stream, 3, 1, 0)
+        jobs.client.xdel(stream, cast(str, ids[4]))  # by hand: Redis no longer knows the lag
+        assert jobs.stats() == jobs_module.JobStats(stream, 2, 1, 0)
+
+
 def test_default_stream_is_named_after_the_project() -> None:
     settings = fast_settings(project_name="shop")
     assert jobs_module.stream_name(settings) == "shop:jobs"
