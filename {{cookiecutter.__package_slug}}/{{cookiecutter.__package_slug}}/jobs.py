@@ -60,7 +60,7 @@ class JobsError(Exception):
 
 
 class JobLost(JobsError):
-    """The job was claimed by another consumer before this run of it was acknowledged."""
+    """Another consumer claimed the job and acknowledged it before this run of it did."""
 
 
 class JobFailed(JobsError):
@@ -93,7 +93,7 @@ class Delivery(NamedTuple):
     key: str
     payload: str  # JSON text, decoded in the worker process
     attempt: int
-    deliveries: int  # Redis' delivery count when handed out: the ack checks it
+    deliveries: int  # Redis' delivery count when handed out: settle and renew check it
 
 
 @dataclass(frozen=True)
@@ -656,7 +656,7 @@ class JobSource:
                 if self.leases.pop(entry, None) is not None:
                     logger.warning(
                         "job entry %s was claimed by another consumer (this one stalled for "
-                        "over JOBS_CLAIM_IDLE): its result here will not be acknowledged",
+                        "over JOBS_CLAIM_IDLE): the run that finishes first counts",
                         entry,
                     )
 
