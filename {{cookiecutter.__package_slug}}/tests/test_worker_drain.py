@@ -137,3 +137,27 @@ async def test_a_worker_can_drain_twice(journal: Journal) -> None:
 
     assert (first.succeeded, second.succeeded) == (100, 50)
     assert journal.column(0) == Counter(str(n) for n in range(150))
+
+
+async def test_with_a_finish_step_unread_items_still_spread_over_the_processes(
+    journal: Journal,
+) -> None:
+    async def reader(item: int) -> None:
+        journal.add(item, os.getpid())
+        await asyncio.sleep(0.05)
+
+    async def finish(item: int, ctx: Any, error: str | None) -> None:
+        await asyncio.sleep(0)
+
+    # One slot per process: each may hold 2 items not read yet (and more that are finishing),
+    # so the first process to start does not take all 12.
+    settings = fast_settings(num_processes=2, concurrent_tasks_per_process=1)
+    worker = Worker(
+        "t", reader=reader, writer=writer_over(range(12)), settings=settings, finish=finish
+    )
+    summary = await worker.drain()
+
+    assert (summary.succeeded, summary.failed) == (12, 0)
+    per_process = journal.column(1)
+    assert len(per_process) == 2
+    assert min(per_process.values()) >= 3, per_process

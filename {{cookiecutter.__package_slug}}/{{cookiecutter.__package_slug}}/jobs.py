@@ -52,7 +52,7 @@ WARN_EVERY = 10.0  # seconds between two warnings about an unreachable Redis
 DRAIN_POLL = 0.05  # seconds between checks while drain() waits for other consumers' jobs
 DRAIN_GIVE_UP = 120.0  # seconds drain() waits for an unreachable Redis before it stops
 CHUNK = 1000  # jobs per pipeline or script call
-ACKS_IN_FLIGHT = 2  # ack batches one worker process has on the wire at once
+ACKS_IN_FLIGHT = 1  # ack batches one worker process has on the wire at once
 
 
 class JobsError(Exception):

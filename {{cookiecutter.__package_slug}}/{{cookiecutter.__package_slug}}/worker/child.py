@@ -174,6 +174,7 @@ class _WorkerProcess(asyncio.Protocol):
             if finish is not None:
                 holding = False
                 self._reader_done()  # the next item reads while this one finishes
+                self._send(encode(Kind.READ, seq))  # and the parent may send one more
                 error = await self._finish(finish, item, error)
             metrics = self.plan.metrics
             if metrics is not None:  # duration first: whoever sees the outcome sees it

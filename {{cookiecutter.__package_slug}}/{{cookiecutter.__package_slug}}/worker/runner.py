@@ -16,7 +16,9 @@ from .supervisor import Hooks, Supervisor
 
 logger = logging.getLogger(__name__)
 
-FINISHING_WINDOW = 8  # items per reader slot a process may hold when items have a finish step
+# Items per reader slot a process may hold when items have a finish step: 2 not read yet (as
+# without one), the rest read and finishing, so acknowledgements go out in large batches.
+FINISHING_WINDOW = 16
 
 
 class Worker:
@@ -101,7 +103,6 @@ class Worker:
             context=self.context,
             settings=settings,
             concurrency=concurrency,
-            # Reading and the next items; with `finish`, also the items being acknowledged.
             window=(2 if self.finish is None else FINISHING_WINDOW) * concurrency,
             max_retries=settings.max_retries,
             retry_backoff=settings.retry_backoff,

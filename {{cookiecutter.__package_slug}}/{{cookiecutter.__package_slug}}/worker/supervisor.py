@@ -47,6 +47,7 @@ class _Child:
     sock: socket.socket
     transport: asyncio.Transport | None = None
     outstanding: set[int] = field(default_factory=set)
+    finishing: set[int] = field(default_factory=set)  # read, in their finish step
     sent: int = 0
     ready: bool = False
     retiring: bool = False
@@ -63,8 +64,7 @@ class _Link(asyncio.Protocol):
         self.frames = FrameReader()
 
     def data_received(self, data: bytes) -> None:
-        for frame in self.frames.feed(data):
-            self.supervisor.on_frame(self.child, frame)
+        self.supervisor.on_frames(self.child, self.frames.feed(data))
 
     def eof_received(self) -> bool:
         return False
@@ -113,7 +113,8 @@ class Supervisor:
         self.requeue_window: float = settings.prevent_requeuing_time
         self.graceful_timeout: float = settings.graceful_shutdown_timeout
         self.max_jobs: int = settings.max_jobs_per_process or 0
-        self.window = plan.window  # items handed to one process at once
+        self.window = plan.window  # items one process may hold, finishing ones included
+        self.read_ahead = 2 * plan.concurrency  # items it may hold that are not read yet
 
         self.loop = asyncio.get_running_loop()
         self.seq = itertools.count(1)
@@ -311,7 +312,8 @@ class Supervisor:
                 break
             if not child.ready or child.retiring or child.transport is None:
                 continue
-            free = self.window - len(child.outstanding)
+            held = len(child.outstanding)
+            free = min(self.read_ahead - (held - len(child.finishing)), self.window - held)
             if self.max_jobs:
                 free = min(free, self.max_jobs - child.sent)
             if free <= 0:
@@ -334,8 +336,13 @@ class Supervisor:
         if self.plan.metrics is not None:
             self.plan.metrics.queue_depth.set(len(pending))
 
-    def on_frame(self, child: _Child, frame: Frame) -> None:
-        """Handle one frame from a worker process."""
+    def on_frames(self, child: _Child, frames: list[Frame]) -> None:
+        """Handle the frames a worker process sent, then hand out items once for all."""
+        for frame in frames:
+            self._on_frame(child, frame)
+        self._dispatch()
+
+    def _on_frame(self, child: _Child, frame: Frame) -> None:
         kind = frame.kind
         if kind == Kind.SUCCEEDED:
             self.succeeded += 1
@@ -348,6 +355,8 @@ class Supervisor:
             self.failed += 1
             item = self._settle(child, frame)
             self._report_failure(item, frame.payload.decode(errors="replace"))
+        elif kind == Kind.READ:
+            child.finishing.add(frame.seq)
         elif kind == Kind.NOT_STARTED:
             child.outstanding.discard(frame.seq)
             self.unstarted.append(self.items.pop(frame.seq))
@@ -361,10 +370,10 @@ class Supervisor:
             self._finish(
                 ContextError(f"context() raised in {child.process.name}: {text}; fix context()")
             )
-        self._dispatch()
 
     def _settle(self, child: _Child, frame: Frame) -> Any:
         child.outstanding.discard(frame.seq)
+        child.finishing.discard(frame.seq)
         self.retried += max(0, frame.attempts - 1)
         item = self.items.pop(frame.seq)
         self._check_idle()
@@ -409,6 +418,7 @@ class Supervisor:
             logger.error("[%s] %s: %s", self.name, shorten(item), error)
             self._report_failure(item, error)
         child.outstanding.clear()
+        child.finishing.clear()
         self._check_idle()
         if not self.children:
             self.all_exited.set()

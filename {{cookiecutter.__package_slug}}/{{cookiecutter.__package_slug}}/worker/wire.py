@@ -26,6 +26,7 @@ class Kind(enum.IntEnum):
     FAILED = 12  # payload: the error text
     NOT_STARTED = 13  # handed back at STOP
     CONTEXT_FAILED = 14  # payload: the error text; the process exits
+    READ = 15  # with a finish step: the reader is done with this item, its finish step runs
 
 
 class Frame(NamedTuple):
