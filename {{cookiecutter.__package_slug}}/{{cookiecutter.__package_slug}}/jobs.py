@@ -718,48 +718,42 @@ class _Acker:
         self._settle = self.client.register_script(_SETTLE)
         self._waiting: list[tuple[Delivery, asyncio.Future[bool]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
-        self._flushing = 0  # flushers that may still take what is waiting
         self._warner = _Warner(f"jobs acks ({consumer}, pid {os.getpid()})")
 
     async def ack(self, delivery: Delivery) -> bool:
         """Acknowledge; True if this call counted, False if another consumer acknowledged it."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((delivery, future))
-        if self._flushing < ACKS_IN_FLIGHT:
-            self._flushing += 1
-            flusher = asyncio.get_running_loop().create_task(self._flush())
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
+        if len(self._flushers) < ACKS_IN_FLIGHT:
+            self._flushers.add(asyncio.get_running_loop().create_task(self._flush()))
         return await future
 
     async def _flush(self) -> None:
         try:
-            await self._flush_waiting()
-        finally:
-            # In the same step that found nothing waiting: an ack() after it starts a flusher.
-            self._flushing -= 1
-
-    async def _flush_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            args: list[Any] = [
-                self.settings.jobs_group,
-                self.consumer,
-                self.record,
-                self.settings.jobs_dead_maxlen,
-            ]
-            args.append(" ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d, _ in batch))
-            keys = [self.stream, acked_name(self.stream)]
-            try:
-                results = await self._retrying(partial(self._ack, keys=keys, args=args))
-            except Exception as exc:
-                for _, future in batch:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                args: list[Any] = [
+                    self.settings.jobs_group,
+                    self.consumer,
+                    self.record,
+                    self.settings.jobs_dead_maxlen,
+                ]
+                args.append(" ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d, _ in batch))
+                keys = [self.stream, acked_name(self.stream)]
+                try:
+                    results = await self._retrying(partial(self._ack, keys=keys, args=args))
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, str(results), strict=True):
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, str(results), strict=True):
-                if not future.done():
-                    future.set_result(result == "1")
+                        future.set_result(result == "1")
+        finally:
+            # In the same step that found nothing waiting (a done callback would run later,
+            # and an ack() in between would wait with no flusher to send it).
+            self._flushers.discard(cast("asyncio.Task[None]", asyncio.current_task()))
 
     async def settle(self, delivery: Delivery, next_attempt: int, error: str) -> int:
         """Put the job back for `next_attempt`, or bury it past the limit: 0, 1 or 2."""

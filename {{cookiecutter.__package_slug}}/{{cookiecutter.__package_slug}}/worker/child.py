@@ -33,6 +33,7 @@ from .wire import Frame, FrameReader, Kind, encode
 logger = logging.getLogger(__name__)
 
 CONTEXT_FAILED_EXIT = 3
+READ_AHEAD = 2  # items per reader slot a process holds that it has not started
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class ReaderPlan:
     context: Callable[..., Any] | None
     settings: Any
     concurrency: int
-    window: int  # items the parent hands one process: reading, waiting, finishing
+    window: int  # items the parent hands one process: READ_AHEAD per slot, plus finishing
     max_retries: int
     retry_backoff: float
     retry_backoff_max: float

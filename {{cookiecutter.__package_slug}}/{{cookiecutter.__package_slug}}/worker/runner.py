@@ -9,15 +9,15 @@ from typing import Any
 
 from ..settings import Settings
 from .calls import check_context, check_reader, check_writer
-from .child import ReaderPlan, shorten
+from .child import READ_AHEAD, ReaderPlan, shorten
 from .metrics import Metrics, create_metrics
 from .summary import Summary
 from .supervisor import Hooks, Supervisor
 
 logger = logging.getLogger(__name__)
 
-# Items per reader slot a process may hold when items have a finish step: 2 not read yet (as
-# without one), the rest read and finishing, so acknowledgements go out in large batches.
+# Items per reader slot a process may hold when items have a finish step: READ_AHEAD not read
+# yet (as without one), the rest read and finishing, so acknowledgements go out in batches.
 FINISHING_WINDOW = 16
 
 
@@ -103,7 +103,7 @@ class Worker:
             context=self.context,
             settings=settings,
             concurrency=concurrency,
-            window=(2 if self.finish is None else FINISHING_WINDOW) * concurrency,
+            window=(READ_AHEAD if self.finish is None else FINISHING_WINDOW) * concurrency,
             max_retries=settings.max_retries,
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,

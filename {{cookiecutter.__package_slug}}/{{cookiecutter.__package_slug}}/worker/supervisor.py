@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .calls import keywords
-from .child import CONTEXT_FAILED_EXIT, ReaderPlan, run_worker_process, shorten
+from .child import CONTEXT_FAILED_EXIT, READ_AHEAD, ReaderPlan, run_worker_process, shorten
 from .errors import ContextError, WriterError
 from .metrics import serve_metrics
 from .summary import Summary
@@ -114,7 +114,7 @@ class Supervisor:
         self.graceful_timeout: float = settings.graceful_shutdown_timeout
         self.max_jobs: int = settings.max_jobs_per_process or 0
         self.window = plan.window  # items one process may hold, finishing ones included
-        self.read_ahead = 2 * plan.concurrency  # items it may hold that are not read yet
+        self.read_ahead = READ_AHEAD * plan.concurrency  # items it may hold not read yet
 
         self.loop = asyncio.get_running_loop()
         self.seq = itertools.count(1)
