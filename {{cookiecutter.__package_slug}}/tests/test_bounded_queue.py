@@ -89,7 +89,6 @@ async def test_defaults_construct_and_run() -> None:
         assert gate.done == [0, 1, 2, 3, 4]
     config = QueueConfig()
     assert config.queue_capacity == 100
-    assert config.capacity_refresh_time == 1.0
     assert config.concurrency_limit is None
     assert config.ordering is QueueOrdering.FIFO
     assert config.put_timeout is None
@@ -125,8 +124,7 @@ def test_bad_constructor_arguments(
     ("kwargs", "words"),
     [
         ({"queue_capacity": 0}, ["queue_capacity", ">= 1", "0"]),
-        ({"capacity_refresh_time": 0}, ["capacity_refresh_time", "> 0"]),
-        ({"capacity_refresh_time": math.inf}, ["capacity_refresh_time", "finite"]),
+        ({"capacity_refresh_time": 1.0}, ["capacity_refresh_time", "xtra"]),
         ({"concurrency_limit": 0}, ["concurrency_limit", ">= 1"]),
         ({"put_timeout": -0.5}, ["put_timeout", ">= 0", "-0.5"]),
         ({"ordering": "random"}, ["ordering"]),
@@ -152,7 +150,7 @@ def test_from_config_maps_every_field() -> None:
     assert QueueConfig(queue_capacity="12").queue_capacity == 12
 
 
-def test_work_queue_keeps_the_original_argument_order() -> None:
+def test_work_queue_takes_concurrency_limit_third() -> None:
     queue = WorkQueue[int](10, 0.5, 3)
     assert (queue.maxsize, queue._timeout, queue.concurrency_limit) == (10, 0.5, 3)
 
@@ -311,6 +309,148 @@ async def test_cancelled_putter_passes_its_wakeup_on() -> None:
     await asyncio.wait_for(second, WAIT)
     assert first.cancelled()
     assert await drain_nowait(queue) == [2]
+
+
+SHORT = 1.0  # bound for a wait that must end at once when the queue works
+
+
+def refuse_bad(item: str) -> int:
+    """A priority key that fails on some items."""
+    if item.startswith("bad"):
+        raise LookupError(f"no priority for {item}")
+    return len(item)
+
+
+async def test_a_failing_priority_key_raises_before_waiting() -> None:
+    queue = BoundedQueue[str](1, ordering="priority", priority_key=refuse_bad)
+    await queue.start()
+    await queue.put("a")
+    with pytest.raises(LookupError, match="no priority for bad"):
+        await asyncio.wait_for(queue.put("bad"), SHORT)  # full, but it does not wait
+    assert not queue._putters
+    assert queue.metrics.enqueued == 1
+
+
+async def test_a_failing_priority_key_never_strands_the_next_producer() -> None:
+    calls: list[str] = []
+
+    def key(item: str) -> int:
+        calls.append(item)
+        return refuse_bad(item)
+
+    queue = BoundedQueue[str](1, ordering="priority", priority_key=key)
+    await queue.start()
+    await queue.put("a")
+    bad = asyncio.create_task(queue.put("bad"))
+    good = asyncio.create_task(queue.put("bb"))
+    await settle()
+    assert queue.get_nowait() == "a"  # one free slot: it must reach `good`
+    queue.task_done()
+    with pytest.raises(LookupError):
+        await asyncio.wait_for(bad, SHORT)
+    await asyncio.wait_for(good, SHORT)
+    assert calls == ["a", "bad", "bb"]  # the key ran once per item
+    assert await drain_nowait(queue) == ["bb"]
+
+
+async def test_woken_putter_with_an_unorderable_priority_passes_the_wakeup_on() -> None:
+    queue = BoundedQueue[Any](2, ordering="priority")
+    await queue.start()
+    await queue.put(1)
+    await queue.put(2)
+    unorderable = asyncio.create_task(queue.put("x"))
+    second = asyncio.create_task(queue.put(3))
+    await settle()
+    assert queue.get_nowait() == 1  # wakes `unorderable`, whose push then fails ...
+    queue.task_done()
+    with pytest.raises(TypeError, match="cannot be compared"):
+        await asyncio.wait_for(unorderable, SHORT)
+    await asyncio.wait_for(second, SHORT)  # ... and the free slot goes to `second`
+    assert await drain_nowait(queue) == [2, 3]
+    assert queue.metrics.enqueued == 3
+
+
+async def test_woken_putter_whose_store_fails_passes_the_wakeup_on() -> None:
+    queue = Flaky(1)
+    await queue.start()
+    await queue.put(0)
+    first = asyncio.create_task(queue.put(-1))  # the store refuses negative items
+    second = asyncio.create_task(queue.put(2))
+    await settle()
+    assert queue.get_nowait() == 0
+    queue.task_done()
+    with pytest.raises(ValueError, match="refused"):
+        await asyncio.wait_for(first, SHORT)
+    await asyncio.wait_for(second, SHORT)
+    assert await drain_nowait(queue) == [2]
+
+
+async def test_cancelled_getter_passes_its_wakeup_on() -> None:
+    queue = BoundedQueue[int](2)
+    await queue.start()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await settle()
+    await queue.put(1)  # wakes `first` ...
+    first.cancel()  # ... which is cancelled before it can take the item
+    assert await asyncio.wait_for(second, SHORT) == 1
+    assert first.cancelled()
+    assert not queue._getters
+
+
+async def test_woken_getter_whose_store_fails_passes_the_wakeup_on() -> None:
+    queue = Flaky(2)
+    await queue.start()
+    queue.fail_next_get = True
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await settle()
+    await queue.put(1)  # wakes `first`, whose get fails and leaves the item queued
+    with pytest.raises(RuntimeError, match="store hiccup"):
+        await asyncio.wait_for(first, SHORT)
+    assert await asyncio.wait_for(second, SHORT) == 1
+
+
+async def test_a_timed_out_putter_leaves_the_next_wakeup_to_others() -> None:
+    queue = BoundedQueue[int](1)
+    await queue.start()
+    await queue.put(0)
+    impatient = asyncio.create_task(queue.put(1, timeout=0.01))
+    patient = asyncio.create_task(queue.put(2))
+    with pytest.raises(QueueFullError):
+        await asyncio.wait_for(impatient, SHORT)
+    assert queue.get_nowait() == 0
+    queue.task_done()
+    await asyncio.wait_for(patient, SHORT)
+    assert await drain_nowait(queue) == [2]
+
+
+async def test_priorities_found_unorderable_on_get_lose_no_item(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # (1, None) and (1, "a") were never compared on the way in; taking (0, 0) out
+    # compares them, which raises TypeError inside heappop.
+    queue = BoundedQueue[tuple[int, Any]](3, ordering="priority")
+    await queue.start()
+    for item in [(0, 0), (1, None), (1, "a")]:
+        await queue.put(item)
+    out = [queue.get_nowait() for _ in range(3)]
+    assert sorted(out, key=repr) == [(0, 0), (1, "a"), (1, None)]
+    assert out[0] == (0, 0)
+    assert queue.qsize() == 0
+    assert queue.metrics.in_flight == 3
+    assert any("cannot be compared" in r.getMessage() for r in caplog.records)
+
+
+async def test_workers_survive_priorities_found_unorderable_on_get() -> None:
+    gate = Gate(block=False)
+    async with BoundedQueue[tuple[int, Any]](3, ordering="priority") as queue:
+        for item in [(0, 0), (1, None), (1, "a")]:
+            await queue.put(item)
+        await queue.start_workers(gate, 1)
+        await asyncio.wait_for(queue.join(), SHORT)
+    assert sorted(gate.done, key=repr) == [(0, 0), (1, "a"), (1, None)]
+    assert queue.metrics.processed == 3
 
 
 async def test_bad_put_timeout() -> None:
@@ -902,3 +1042,27 @@ async def test_subclass_can_replace_the_storage_hooks() -> None:
         await queue.start_workers(gate, 1)
         await queue.join()
     assert gate.done == [2, 1, 0]
+
+
+class Flaky(BoundedQueue[int]):
+    """FIFO storage that refuses negative items and can fail one get without removing."""
+
+    fail_next_get = False
+
+    def _init(self, maxsize: int) -> None:
+        store: collections.deque[int] = collections.deque()
+        self._queue = store
+
+        def put(item: int) -> None:
+            if item < 0:
+                raise ValueError(f"item {item} refused")
+            store.append(item)
+
+        def get() -> int:
+            if self.fail_next_get:
+                self.fail_next_get = False
+                raise RuntimeError("store hiccup")
+            return store.popleft()
+
+        self._put = put
+        self._get = get

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.__package_slug }} import spool
 from {{ cookiecutter.__package_slug }}.spool import (
     MAGIC,
     Batch,
@@ -422,3 +427,147 @@ def test_batch_repr_and_iteration(tmp_path: Path) -> None:
     assert [r.data for r in batch] == ["a"]
     batch.ack()
     assert "done" in repr(batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# entries that are not batch files: set aside in corrupt/, never raised, never blocked on
+
+SHORT = 5.0  # bound for a call that must return at once
+BATCH_LIKE = f"{'0' * 20}-{'a' * 16}"  # sorts before any real batch
+
+
+@contextmanager
+def bounded(call: Callable[[], object]) -> Iterator[list[object]]:
+    """Run ``call`` in a thread; fail (instead of hanging) if it does not return in time.
+
+    A call stuck opening a fifo is released by opening the fifo's other end.
+    """
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    thread.join(SHORT)
+    stuck = thread.is_alive()
+    if stuck:
+        for fifo in FIFOS:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(SHORT)
+    assert not stuck, "the call blocked"
+    assert result, "the call raised (see the thread's traceback)"
+    yield result
+
+
+FIFOS: list[Path] = []
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+    FIFOS.append(path)
+
+
+def make_bad_entries(folder: Path, suffix: str) -> list[str]:
+    """A directory, a symlink to a directory, a symlink to a file, a dangling symlink, a fifo."""
+    names = [f"{BATCH_LIKE[:-1]}{i}{suffix}" for i in range(5)]
+    (folder / names[0]).mkdir()
+    (folder / names[0] / "inside").write_bytes(b"x")
+    (folder / names[1]).symlink_to(folder / names[0])
+    target = folder.parent / "elsewhere"
+    target.write_bytes(MAGIC)
+    (folder / names[2]).symlink_to(target)
+    (folder / names[3]).symlink_to(folder.parent / "missing")
+    make_fifo(folder / names[4])
+    return names
+
+
+def test_claim_sets_aside_entries_that_are_not_batch_files(tmp_path: Path) -> None:
+    publish_one(tmp_path, ["good"])
+    bad = make_bad_entries(tmp_path / "ready", ".0")
+    consumer = Consumer(tmp_path)
+    with bounded(consumer.claim) as (batch,):
+        assert isinstance(batch, Batch)
+        assert [r.data for r in batch] == ["good"]
+        batch.ack()
+    assert listing(tmp_path, "ready") == listing(tmp_path, "claimed") == []
+    assert listing(tmp_path, "corrupt") == sorted(f"{name}.bad" for name in bad)
+    assert (tmp_path / "corrupt" / f"{bad[0]}.bad" / "inside").read_bytes() == b"x"
+    assert (tmp_path / "elsewhere").read_bytes() == MAGIC  # a link's target is not touched
+    assert recover(tmp_path) == type(recover(tmp_path))(0, 0, 0, 0)
+    assert consumer.claim() is None
+
+
+def test_claim_sets_aside_a_directory_again_and_again(tmp_path: Path) -> None:
+    consumer = Consumer(tmp_path)
+    for round_ in range(3):
+        (tmp_path / "ready" / f"{BATCH_LIKE}.0").mkdir()
+        with bounded(consumer.claim) as (batch,):
+            assert batch is None
+        assert listing(tmp_path, "ready") == []
+        assert len(listing(tmp_path, "corrupt")) == round_ + 1  # a name clash gets a new name
+        assert recover(tmp_path).requeued == 0
+
+
+def test_claim_sets_aside_an_entry_it_may_not_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish_one(tmp_path, ["good"])
+    locked = tmp_path / "ready" / f"{BATCH_LIKE}.0"
+    locked.write_bytes(MAGIC)
+    real_open = os.open
+
+    def refuse(path: str, flags: int, *args: int) -> int:
+        if os.path.basename(path) == locked.name:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse)
+    batch = Consumer(tmp_path).claim()
+    assert batch is not None
+    assert [r.data for r in batch] == ["good"]
+    assert listing(tmp_path, "corrupt") == [f"{locked.name}.bad"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_claim_sets_aside_an_unreadable_file(tmp_path: Path) -> None:
+    unreadable = tmp_path / "ready" / f"{BATCH_LIKE}.0"
+    unreadable.write_bytes(MAGIC)
+    unreadable.chmod(0)
+    assert Consumer(tmp_path).claim() is None
+    assert listing(tmp_path, "corrupt") == [f"{unreadable.name}.bad"]
+
+
+def test_claim_sets_aside_a_batch_that_fails_to_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = publish_one(tmp_path, ["lost to a disk error"])
+
+    def broken(fd: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool, "_read_all", broken)
+    assert Consumer(tmp_path).claim() is None
+    assert listing(tmp_path, "claimed") == []
+    assert listing(tmp_path, "corrupt") == [f"{path.name}.bad"]
+
+
+def test_recover_sets_aside_entries_that_are_not_batch_files(tmp_path: Path) -> None:
+    Consumer(tmp_path).close()  # creates the folders
+    claimed = make_bad_entries(tmp_path / "claimed", ".0")
+    opened = [f"{'d' * 16}-{n:010d}.open" for n in range(3)]
+    (tmp_path / "tmp" / opened[0]).mkdir()
+    make_fifo(tmp_path / "tmp" / opened[1])
+    (tmp_path / "tmp" / opened[2]).symlink_to(tmp_path / "elsewhere")
+    dotted = f".{opened[0]}.0a1b2c3d"
+    (tmp_path / "tmp" / dotted).mkdir()
+    for folder in ("dead", "corrupt"):
+        (tmp_path / folder / ".half-made").mkdir()
+    with bounded(lambda: recover(tmp_path)) as (result,):
+        assert isinstance(result, spool.Recovery)
+        assert (result.requeued, result.republished, result.dead_lettered) == (0, 0, 0)
+        assert result.quarantined == len(claimed) + len(opened) + 1
+    assert listing(tmp_path, "claimed") == listing(tmp_path, "ready") == []
+    assert listing(tmp_path, "tmp") == []
+    expected = [f"{name}.bad" for name in [*claimed, *opened, dotted]] + [".half-made"]
+    assert listing(tmp_path, "corrupt") == sorted(expected)
+    assert listing(tmp_path, "dead") == [".half-made"]  # left alone, not an error
+    assert recover(tmp_path) == spool.Recovery(0, 0, 0, 0, 0)
+    assert Consumer(tmp_path).claim() is None

@@ -4,12 +4,14 @@ Concurrency inside one process and one event loop: producers ``await put()`` and
 slowed down while the queue is full (backpressure); a pool of worker tasks takes items
 as they arrive (no polling) and runs an async function on each one.
 
-Design, after CPython's ``asyncio.Queue`` and trio's memory channels:
+How it works:
 
 * one base class, :class:`BoundedQueue`, whose ``_init`` hook creates the store and binds
   the ``_put`` / ``_get`` hooks for the chosen ordering (FIFO, LIFO, stable priority);
 * blocked producers and consumers wait on futures kept in deques and are woken by the
-  operation that unblocks them; the fast paths create no future and no timer;
+  operation that unblocks them, and a woken waiter that cannot use its turn (cancelled,
+  or its item refused) passes it to the next; the fast paths create no future and no
+  timer;
 * ``stop()`` closes the queue: new items are refused, blocked producers get
   :class:`QueueStateError`, and whatever is queued and in flight is finished (or, after the
   timeout, cancelled and handed back); a worker that dies on a ``BaseException`` stops the
@@ -135,18 +137,12 @@ def _check_ordering(value: object) -> QueueOrdering:
 
 
 class QueueConfig(BaseModel):
-    """Validated settings for a queue; build one with ``BoundedQueue.from_config(config)``.
-
-    ``capacity_refresh_time`` is kept so that configurations written for the original
-    (khive) design still load; it belonged to a rate limiter and is not used here.
-    """
+    """Validated settings for a queue; build one with ``BoundedQueue.from_config(config)``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     queue_capacity: int = 100
     """Maximum number of queued (not yet started) items; ``put`` blocks beyond it."""
-    capacity_refresh_time: float = 1.0
-    """Accepted and validated (> 0) for compatibility; unused by this module."""
     concurrency_limit: int | None = None
     """Maximum number of worker tasks, hence of items in flight; None = no limit."""
     ordering: QueueOrdering = QueueOrdering.FIFO
@@ -164,13 +160,6 @@ class QueueConfig(BaseModel):
     def _limit(cls, value: int | None) -> int | None:
         return None if value is None else _check_int("concurrency_limit", value, 1)
 
-    @field_validator("capacity_refresh_time")
-    @classmethod
-    def _refresh(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"capacity_refresh_time must be a finite number > 0, got {value!r}")
-        return value
-
     @field_validator("put_timeout")
     @classmethod
     def _timeout(cls, value: float | None) -> float | None:
@@ -186,7 +175,7 @@ class QueueMetrics:
     processed: int
     """Items whose worker function returned (or that a consumer marked task_done)."""
     failed: int
-    """Items whose worker function raised (the original design called it ``errors``)."""
+    """Items whose worker function raised."""
     cancelled: int
     """Items whose worker was cancelled mid-item (stop timeout, or a cancelled worker)."""
     handler_errors: int
@@ -257,12 +246,12 @@ class BoundedQueue(Generic[T]):
     Args:
         maxsize: maximum number of queued items (>= 1).
         timeout: default ``put`` timeout in seconds; None (default) waits as long as it
-            takes. The original design's "give up after 0.1 s and return False" is not kept.
+            takes.
         logger: where worker failures are logged; defaults to this module's logger.
         ordering: ``"fifo"`` (default), ``"lifo"`` or ``"priority"``.
         priority_key: with priority ordering, maps an item to its priority (lowest
             first); by default the item itself is compared. Equal priorities keep
-            insertion order.
+            insertion order. ``put`` calls it once per item, before it waits for room.
         concurrency_limit: maximum number of worker tasks (so of items in flight).
     """
 
@@ -313,6 +302,10 @@ class BoundedQueue(Generic[T]):
         self._queue: Sized
         self._put: Callable[[T], None]
         self._get: Callable[[], T]
+        # Set by the priority store when a priority_key is given: put() computes the key
+        # before it waits, and then adds the item with _put_prioritized(priority, item).
+        self._priority_of: Callable[[T], Any] | None = None
+        self._put_prioritized: Callable[[Any, T], None]
         self._init(self._maxsize)
 
     # ------------------------------------------------------------------ storage hooks
@@ -322,7 +315,8 @@ class BoundedQueue(Generic[T]):
 
         Subclasses may override this to install other storage: ``self._queue`` must be
         sized (``len`` is the depth), ``self._put(item)`` adds and ``self._get()`` removes
-        the next item; neither may block.
+        the next item; neither may block. If either raises, the queue is left as the hook
+        left it and the error reaches the caller of ``put`` / ``get``.
         """
         if self._ordering is QueueOrdering.PRIORITY:
             self._init_heap()
@@ -340,20 +334,42 @@ class BoundedQueue(Generic[T]):
         key = self._priority_key
         push = heapq.heappush
         pop = heapq.heappop
+        logger = self._logger
 
-        def put(item: T) -> None:
-            entry = (item if key is None else key(item), next(seq), item)
+        def put_prioritized(priority: Any, item: T) -> None:
+            entry = (priority, next(seq), item)
             try:
                 push(heap, entry)
             except TypeError as exc:
                 _unpush(heap, entry, exc)
 
+        def put(item: T) -> None:
+            put_prioritized(item if key is None else key(item), item)
+
         def get() -> T:
-            return pop(heap)[2]
+            top = heap[0]
+            try:
+                pop(heap)
+            except TypeError as exc:
+                # A push compares a priority only with its ancestors, so two queued
+                # priorities may first meet here. heappop has already taken ``top`` out
+                # (its sift swaps entries, so none is lost): hand it out.
+                if any(entry is top for entry in heap):
+                    raise
+                logger.warning(
+                    "priorities cannot be compared (%s); %s is handed out,"
+                    " the items still queued may leave out of priority order",
+                    exc,
+                    _repr.repr(top[2]),
+                )
+            return top[2]
 
         self._queue = heap
         self._put = put
         self._get = get
+        if key is not None:
+            self._priority_of = key
+            self._put_prioritized = put_prioritized
 
     # ------------------------------------------------------------------ construction
 
@@ -515,24 +531,51 @@ class BoundedQueue(Generic[T]):
                 to wait as long as it takes); ``math.inf`` waits forever; 0 never waits.
 
         Returns:
-            True (so that older ``if await q.put(x):`` code still works).
+            True, always: a put that cannot add the item raises.
 
         Raises:
             QueueFullError: the timeout ran out while the queue stayed full.
             QueueStateError: the queue is not PROCESSING (not started, or stopping).
+            TypeError: with priority ordering, the item's priority cannot be compared
+                with the queued ones; nothing was added.
+            Exception: whatever ``priority_key(item)`` raises; it is called once, before
+                any waiting, and nothing was added.
         """
         if timeout is not None:
             timeout = _check_timeout("timeout", timeout)
         if self._status is not _PROCESSING:
             self._refuse("put")
-        if len(self._queue) >= self._maxsize:
-            await self._wait_for_room(self._timeout if timeout is None else timeout)
-        self._admit(item)
+        priority_of = self._priority_of
+        priority = None if priority_of is None else priority_of(item)
+        if len(self._queue) < self._maxsize:
+            if priority_of is None:
+                self._put(item)
+            else:
+                self._put_prioritized(priority, item)
+            self._admitted()
+            return True
+        await self._wait_for_room(self._timeout if timeout is None else timeout)
+        try:
+            if priority_of is None:
+                self._put(item)
+            else:
+                self._put_prioritized(priority, item)
+        except BaseException:
+            # We were woken for a slot we do not use: pass it on, or the next producer
+            # waits with room in the queue.
+            if self._putters and len(self._queue) < self._maxsize:
+                _wakeup_next(self._putters)
+            raise
+        self._admitted()
         return True
 
     def _admit(self, item: T) -> None:
         """Append an item there is room for, count it, and wake a waiting getter."""
         self._put(item)
+        self._admitted()
+
+    def _admitted(self) -> None:
+        """Count an item just added and wake a waiting getter."""
         self._unfinished += 1
         self._enqueued += 1
         depth = len(self._queue)
@@ -600,7 +643,11 @@ class BoundedQueue(Generic[T]):
         """
         if not self._queue and not await self._wait_for_item():
             self._refuse("get", "the queue is closed and empty")
-        item = self._get()
+        try:
+            item = self._get()
+        except BaseException:
+            self._pass_on_wakeups()  # the store failed: leave the item to the next getter
+            raise
         if self._putters:
             _wakeup_next(self._putters)
         return item
@@ -611,10 +658,21 @@ class BoundedQueue(Generic[T]):
             if self._status is _PROCESSING or self._status is _IDLE:
                 raise QueueEmptyError("queue is empty")
             self._refuse("get", "the queue is closed and empty")
-        item = self._get()
+        try:
+            item = self._get()
+        except BaseException:
+            self._pass_on_wakeups()
+            raise
         if self._putters:
             _wakeup_next(self._putters)
         return item
+
+    def _pass_on_wakeups(self) -> None:
+        """After a failed ``_get``: wake whoever can use what the queue now holds."""
+        if self._getters and self._queue:
+            _wakeup_next(self._getters)
+        if self._putters and len(self._queue) < self._maxsize:
+            _wakeup_next(self._putters)
 
     def task_done(self) -> None:
         """Mark an item taken with ``get()`` as finished (counted as processed)."""
@@ -901,11 +959,11 @@ class BoundedQueue(Generic[T]):
 
 
 class WorkQueue(BoundedQueue[T]):
-    """A :class:`BoundedQueue` with the original design's high-level helpers.
+    """A :class:`BoundedQueue` with two high-level helpers.
 
     ``process(worker_func)`` starts ``concurrency_limit`` workers; ``batch_process(items,
     worker_func)`` runs a whole list through the queue and stops it. The constructor
-    keeps the original argument order (``maxsize, timeout, concurrency_limit, logger``).
+    takes ``concurrency_limit`` third: ``(maxsize, timeout, concurrency_limit, logger)``.
     """
 
     def __init__(

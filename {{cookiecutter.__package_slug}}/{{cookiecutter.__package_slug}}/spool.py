@@ -19,6 +19,7 @@ import fcntl
 import os
 import re
 import secrets
+import stat
 import struct
 import threading
 import time
@@ -85,6 +86,7 @@ class Recovery:
     republished: int  # open batches of dead producers published to ready/
     dead_lettered: int  # claims of dead consumers that reached max_attempts
     removed: int  # empty batches and half-created files of dead processes deleted
+    quarantined: int = 0  # entries that are not batch files, moved to corrupt/
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,11 +269,51 @@ def _write_file(directory: str, name: str, data: bytes, fsync: bool) -> None:
     _unlock_close(_create_locked(directory, name, data, fsync))
 
 
-def _open_if_dead(path: str) -> int | None:
-    """Open and lock ``path`` if no live process holds it; None if it is live or gone."""
+class _NotABatchFile(Exception):
+    """The entry is not a regular file this process can open: a directory, a symlink, a
+    fifo, a socket, a device, or a file it may not read."""
+
+
+# os.open errors that come from the entry itself (O_NOFOLLOW on a symlink: ELOOP, or
+# EMLINK on FreeBSD; a socket: ENXIO or EOPNOTSUPP; no permission: EACCES or EPERM).
+_NOT_A_BATCH_ERRNOS = frozenset(
+    {errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EOPNOTSUPP, errno.ENODEV}
+    | {errno.EACCES, errno.EPERM}
+)
+
+
+def _open_regular(path: str) -> int | None:
+    """Open the regular file ``path`` for reading; None if it is gone.
+
+    Never follows a symlink and never blocks (O_NONBLOCK: a fifo opens at once). Raises
+    :class:`_NotABatchFile` if the entry is anything but a regular file it may read.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in _NOT_A_BATCH_ERRNOS:
+            raise _NotABatchFile(f"{path}: {exc.strerror}") from exc
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _NotABatchFile(f"{path}: not a regular file ({stat.filemode(mode)})")
+    return fd
+
+
+def _open_if_dead(path: str) -> int | None:
+    """Open and lock ``path`` if no live process holds it; None if it is live or gone.
+
+    Raises :class:`_NotABatchFile` as :func:`_open_regular` does.
+    """
+    fd = _open_regular(path)
+    if fd is None:
         return None
     try:
         if _try_lock(fd):
@@ -305,6 +347,31 @@ class _Layout:
     def make(self) -> None:
         for folder in (self.tmp, self.ready, self.claimed, self.dead, self.corrupt):
             os.makedirs(folder, exist_ok=True)
+
+    def set_aside(self, path: str, name: str, fsync: bool) -> bool:
+        """Move the entry at ``path`` to ``corrupt/<name>.bad``, whatever kind of entry it is.
+
+        If that name is taken, a random part is added: nothing in ``corrupt/`` is replaced.
+        Returns False, leaving the entry where it is, if it is gone (another process moved
+        it) or cannot be moved.
+        """
+        target = f"{name}.bad"
+        for _ in range(3):
+            if os.path.lexists(os.path.join(self.corrupt, target)):
+                target = f"{name}.{secrets.token_hex(4)}.bad"
+            try:
+                os.rename(path, os.path.join(self.corrupt, target))
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                    return False
+                target = f"{name}.{secrets.token_hex(4)}.bad"
+                continue
+            if fsync:
+                _fsync_dir(self.corrupt)
+            return True
+        return False
 
     def dead_letter(
         self, src: str, batch_id: str, failures: int, error: BaseException | str, fsync: bool
@@ -827,6 +894,9 @@ class Consumer:
         """Claim the oldest ready batch, waiting up to ``timeout`` s (None: forever) for one.
 
         Returns None if there was none in time. The previous batch must be finished first.
+        An entry of ``ready/`` that is not a readable batch file (bad header, a directory,
+        a symlink, a fifo, a file it may not open or read) is moved to ``corrupt/`` and
+        skipped: it never makes ``claim`` raise or block.
         """
         wait = _check_seconds("timeout", timeout)
         if self._forked:
@@ -880,8 +950,11 @@ class Consumer:
                 continue
             path = os.path.join(layout.ready, name)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
+                fd = _open_regular(path)
+            except _NotABatchFile:
+                layout.set_aside(path, name, self._fsync)
+                continue
+            if fd is None:
                 continue  # another consumer claimed it
             try:
                 if not _try_lock(fd):
@@ -903,11 +976,12 @@ class Consumer:
 
     def _load(self, fd: int, name: str, batch_id: str, attempts: int, path: str) -> Batch | None:
         layout = self._layout
-        buf = _read_all(fd)
+        try:
+            buf = _read_all(fd)
+        except OSError:
+            buf = b""  # unreadable (an I/O error): set aside like a foreign file
         if not buf.startswith(MAGIC):
-            os.rename(path, os.path.join(layout.corrupt, f"{name}.bad"))
-            if self._fsync:
-                _fsync_dir(layout.corrupt)
+            layout.set_aside(path, name, self._fsync)
             _unlock_close(fd)
             return None
         records, bad = _parse(buf, batch_id)
@@ -938,18 +1012,28 @@ def recover(root: str | os.PathLike[str], *, max_attempts: int = 5, fsync: bool 
 
     A claim whose consumer died counts as a failed attempt (after ``max_attempts`` it moves
     to ``dead/``); an open batch of a dead producer is published as it is (a torn last record
-    is quarantined when claimed). Files locked by live processes are never touched.
+    is quarantined when claimed). Files locked by live processes are never touched. An entry
+    of ``claimed/`` or ``tmp/`` that is not a regular file it may open (a directory, a
+    symlink, a fifo...) is moved to ``corrupt/``; it never makes ``recover`` raise or block.
     """
     _check_int("max_attempts", max_attempts)
     layout = _Layout(root)
     layout.make()
     stamper = _Stamper()
-    requeued = republished = dead_lettered = removed = 0
+    requeued = republished = dead_lettered = removed = quarantined = 0
+
+    def open_if_dead(path: str, name: str) -> int | None:
+        nonlocal quarantined
+        try:
+            return _open_if_dead(path)
+        except _NotABatchFile:
+            quarantined += layout.set_aside(path, name, fsync)
+            return None
 
     for name in sorted(os.listdir(layout.claimed)):
         match = _NAME.match(name)
         path = os.path.join(layout.claimed, name)
-        if match is None or (fd := _open_if_dead(path)) is None:
+        if match is None or (fd := open_if_dead(path, name)) is None:
             continue
         try:
             batch_id, failures = match.group(1), int(match.group(2)) + 1
@@ -968,7 +1052,7 @@ def recover(root: str | os.PathLike[str], *, max_attempts: int = 5, fsync: bool 
         if not (is_open or name.startswith(".")):
             continue
         path = os.path.join(layout.tmp, name)
-        if (fd := _open_if_dead(path)) is None:
+        if (fd := open_if_dead(path, name)) is None:
             continue
         try:
             if not is_open or os.fstat(fd).st_size <= len(MAGIC):
@@ -984,8 +1068,14 @@ def recover(root: str | os.PathLike[str], *, max_attempts: int = 5, fsync: bool 
 
     for folder in (layout.dead, layout.corrupt):
         for name in os.listdir(folder):
+            if not name.startswith("."):
+                continue
             path = os.path.join(folder, name)
-            if name.startswith(".") and (fd := _open_if_dead(path)) is not None:
+            try:
+                fd = _open_if_dead(path)
+            except _NotABatchFile:
+                continue  # not a file a spool process was creating: leave it alone
+            if fd is not None:
                 try:
                     os.unlink(path)
                     removed += 1
@@ -994,4 +1084,4 @@ def recover(root: str | os.PathLike[str], *, max_attempts: int = 5, fsync: bool 
 
     if fsync and (requeued or republished):
         _fsync_dir(layout.ready)
-    return Recovery(requeued, republished, dead_lettered, removed)
+    return Recovery(requeued, republished, dead_lettered, removed, quarantined)
