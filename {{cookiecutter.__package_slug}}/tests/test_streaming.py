@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import csv
 import hashlib
 import io
 import sys
@@ -139,6 +140,56 @@ class ProbeHashing(ProbeMixin, HashingQueueIO):
     """Hashing pipe with probes."""
 
 
+class ExpiringMixin(ProbeMixin):
+    """Its reader's waits time out when the test says so, not when a clock does.
+
+    Make it with ``timeout=WAIT``.  A reader wait whose index (0, 1, ...) is in
+    ``expire_waits``, or any wait once ``expire_now`` is set, times out at once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expire_waits: set[int] = set()
+        self.expire_now = False
+        self.waits = 0
+
+    def _wait_for_data(
+        self, want: int, deadline: float | None, parts: list[tuple[bytes, int, int]], got: int
+    ) -> float | None:
+        index = self.waits
+        self.waits += 1
+        if self.expire_now or index in self.expire_waits:
+            self.expire_now = False
+            deadline = float("-inf")  # already past: this wait times out without waiting
+        return super()._wait_for_data(want, deadline, parts, got)
+
+    def expire_reader_wait(self) -> None:
+        """Make the reader's current (or next) wait time out."""
+        with self._lock:
+            self.expire_now = True
+            self._can_read.notify_all()
+
+    def until_writer_done_and_reader_waits(self) -> None:
+        with self.probe:
+            assert self.probe.wait_for(lambda: self.writer_done and self.reader_waiting, WAIT)
+
+
+class ExpiringQueueIO(ExpiringMixin, QueueIO):
+    """Unbounded pipe whose read timeouts the test triggers."""
+
+
+class ExpiringLimited(ExpiringMixin, LimitedQueueIO):
+    """Bounded pipe whose read timeouts the test triggers."""
+
+
+class ExpiringHashing(ExpiringMixin, HashingQueueIO):
+    """Hashing pipe whose read timeouts the test triggers."""
+
+
+class ExpiringProgress(ExpiringMixin, ProgressHashingQueueIO):
+    """Progress pipe whose read timeouts the test triggers."""
+
+
 # --------------------------------------------------------------------------- io
 
 
@@ -166,7 +217,7 @@ def test_read_all_kinds_single_thread() -> None:
     assert q.write(bytearray(b" half\nthird\n")) == 12
     assert q.write(memoryview(b"0123456789")) == 10
     q.close()
-    assert q.closed
+    assert not q.closed  # the writer's close ends the data, not the reader's file
     assert q.readline() == b"first line\n"
     assert q.read(6) == b"second"
     assert q.read1(3) == b" ha"
@@ -252,6 +303,119 @@ def test_writelines_and_readlines() -> None:
     q.writelines([b"a\n", bytearray(b"b\n"), b"c"])
     q.close()
     assert q.readlines() == [b"a\n", b"b\n", b"c"]
+
+
+# ------------------------------------------------------------ standard wrappers
+
+CSV_ROWS = [
+    [str(i), f"name {i}", "quoted, with comma" if i % 7 == 0 else "x" * (i % 13)]
+    for i in range(3000)
+]
+
+
+# TextIOWrapper runs over a raw pipe (it reads with read1); only typeshed's protocol
+# for its buffer wants a `name`, which QueueIO, like io.RawIOBase, does not have.
+
+
+def _write_csv(pipe: QueueIO, rows: list[list[str]]) -> None:
+    """The writer's side: csv through a text wrapper; closing the wrapper closes the pipe."""
+    raw: Any = pipe
+    with io.TextIOWrapper(raw, encoding="utf-8", newline="", write_through=True) as text:
+        csv.writer(text).writerows(rows)
+
+
+def _text_reader(pipe: QueueIO, wrapping: str) -> io.TextIOWrapper:
+    raw: Any = pipe if wrapping == "text" else io.BufferedReader(pipe)
+    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+
+
+@pytest.mark.parametrize("wrapping", ["text", "buffered+text"])
+def test_csv_reader_reads_every_row_after_the_writer_closed(wrapping: str, spawn: Any) -> None:
+    q = QueueIO()
+    text = _text_reader(q, wrapping)
+    rows = csv.reader(text)
+    writer = spawn(lambda: _write_csv(q, CSV_ROWS))
+    first = next(rows)  # the reader has begun ...
+    writer.result()  # ... and the writer closes while it is far behind
+    assert q.buffered > 0
+    with text:  # entering checks `closed`: it must not be true while bytes remain
+        assert [first, *rows] == CSV_ROWS
+        assert text.read() == ""  # at the end, reads return "" again and again
+        assert text.read() == ""
+    assert not q.closed
+
+
+@pytest.mark.parametrize("wrapping", ["text", "buffered+text"])
+def test_csv_streams_through_a_small_limit(wrapping: str, spawn: Any) -> None:
+    q = LimitedQueueIO(memory_limit=1024, chunk_size=256)
+    writer = spawn(lambda: _write_csv(q, CSV_ROWS))
+    with _text_reader(q, wrapping) as text:
+        assert list(csv.reader(text)) == CSV_ROWS
+    writer.result()
+    assert q.max_buffered <= 1024
+
+
+def test_buffered_reader_reads_to_the_end_after_close() -> None:
+    q = QueueIO()
+    q.write(b"line one\nline two\n" + bytes(range(256)) * 100)
+    q.close()
+    with io.BufferedReader(q, buffer_size=64) as f:
+        assert f.readable()
+        assert f.peek(1)[:1] == b"l"
+        assert f.readline() == b"line one\n"
+        assert next(iter(f)) == b"line two\n"
+        assert f.read1(3) == bytes(range(3))
+        buf = bytearray(5)
+        assert f.readinto(buf) == 5
+        assert buf == bytes(range(3, 8))
+        assert f.read(248) == bytes(range(8, 256))
+        assert f.read() == bytes(range(256)) * 99
+        assert f.read() == b""
+        assert f.read(1) == b""
+    assert q.read() == b""
+
+
+def test_closed_means_the_read_end_is_closed() -> None:
+    q = QueueIO()
+    q.write(b"abc")
+    q.close()
+    assert not q.closed
+    assert q.readable()
+    assert q.writable()
+    assert not q.seekable()
+    assert q.read() == b"abc"  # end of stream is not closed either
+    assert not q.closed
+    assert q.read() == b""
+    q.close_read()
+    assert q.closed
+    for check in (q.readable, q.writable, q.seekable, lambda: iter(q)):
+        with pytest.raises(ValueError, match="read end is closed"):
+            check()
+    with pytest.raises(ValueError, match="closed"):
+        io.BufferedReader(q).read()
+
+
+def test_abort_reaches_a_reader_behind_a_wrapper() -> None:
+    q = QueueIO()
+    q.write(b"a,b\n")
+    cause = RuntimeError("source lost")
+    q.abort(cause)
+    assert not q.closed  # the reader must get the abort, not "I/O operation on closed file"
+    text = _text_reader(q, "text")
+    with pytest.raises(PipeAbortedError) as info:
+        text.readline()
+    assert info.value.__cause__ is cause
+
+
+def test_writer_sees_broken_pipe_after_the_reader_hung_up() -> None:
+    q = QueueIO()
+    cause = ConnectionError("upload failed")
+    q.close_read(cause)
+    with pytest.raises(BrokenPipeError):
+        q.writelines([b"a", b"b"])
+    with pytest.raises(BrokenPipeError) as info, q:  # entering q is not refused ...
+        q.write(b"data")  # ... the write says why it cannot go on
+    assert info.value.__cause__ is cause
 
 
 # --------------------------------------------------------- exact reads, threads
@@ -514,8 +678,75 @@ def test_read_timeout_after_partial_take_puts_data_back(spawn: Any) -> None:
     with pytest.raises(TimeoutError):
         q.read(100)  # takes what is buffered while waiting, then gives it back
     writer.result()
+    assert q.max_buffered <= 20
     q.close()
     assert q.read() == b"0123456789" * 3
+
+
+READ_KINDS: dict[str, Callable[[QueueIO], object]] = {
+    "read": lambda q: q.read(1000),
+    "readall": lambda q: q.readall(),
+    "readinto": lambda q: q.readinto(bytearray(1000)),
+    "readline": lambda q: q.readline(),
+}
+
+
+@pytest.mark.parametrize("kind", list(READ_KINDS))
+@pytest.mark.parametrize("cls", [ExpiringLimited, ExpiringHashing, ExpiringProgress])
+def test_timed_out_read_keeps_the_buffer_within_the_limit(
+    kind: str, cls: type[ExpiringMixin], spawn: Any
+) -> None:
+    limit = 20
+    extra: dict[str, Any] = {"bar": FakeBar()} if cls is ExpiringProgress else {}
+    q = cls(memory_limit=limit, chunk_size=10, timeout=WAIT, **extra)
+    data = bytes(range(100, 160))  # no newline: readline gathers it all
+
+    def write() -> None:
+        q.write(data)  # 3 x the limit: fits only as the reader takes what is buffered
+        q.mark_writer_done()
+
+    writer = spawn(write)
+    reader = spawn(lambda: READ_KINDS[kind](q))
+    # The reader has taken all but the last refill of the buffer, and waits for more.
+    q.until_writer_done_and_reader_waits()
+    q.expire_reader_wait()
+    assert isinstance(reader.error(), TimeoutError)
+    writer.result()
+    assert q.buffered <= limit  # what did not fit back is kept aside, outside the buffer
+    assert q.max_buffered <= limit
+    assert q.bytes_read == 0  # nothing was handed out
+
+    # The kept bytes come first; draining them makes no room, so a writer stays bounded.
+    more = bytes(range(200, 210))
+    writer = spawn(lambda: q.write(more))
+    q.until_writer_waits()
+    assert q.read1(5) == data[:5]
+    assert q.readline(5) == data[5:10]
+    assert q.read(30) == data[10:40]
+    assert q.writer_waiting
+    assert q.buffered <= limit
+    assert q.read(10) == data[40:50]
+    writer.result()
+    q.close()
+    assert q.read() == data[50:] + more
+    assert q.max_buffered <= limit
+    assert q.bytes_read == q.bytes_written == len(data) + len(more)
+    if isinstance(q, HashingQueueIO):
+        assert q.hexdigest() == hashlib.sha256(data + more).hexdigest()
+
+
+def test_unbounded_pipe_puts_a_timed_out_read_back_whole(spawn: Any) -> None:
+    q = ExpiringQueueIO(timeout=WAIT)
+    reader = spawn(q.readline)
+    q.until_reader_waits()
+    q.write(b"no newline yet")
+    q.mark_writer_done()
+    q.until_writer_done_and_reader_waits()
+    q.expire_reader_wait()
+    assert isinstance(reader.error(), TimeoutError)
+    assert q.buffered == 14
+    q.write(b"\n")
+    assert q.readline() == b"no newline yet\n"
 
 
 def test_write_timeout_before_any_byte_keeps_stream_usable() -> None:
@@ -852,3 +1083,60 @@ def test_memory_bound_holds_with_a_slow_reader(
     assert total == sum(sizes)
     assert max(observed) <= limit
     assert q.max_buffered <= limit
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    case=transfers(),
+    expire=st.sets(st.integers(0, 80), max_size=12),
+    hashing=st.booleans(),
+)
+def test_memory_bound_holds_across_timed_out_reads(
+    case: dict[str, Any], expire: set[int], hashing: bool
+) -> None:
+    limit = case["limit"] or 64
+    chunk = min(case["chunk"] or limit, limit)
+    cls = ExpiringHashing if hashing else ExpiringLimited
+    q = cls(memory_limit=limit, chunk_size=chunk, timeout=WAIT)
+    q.expire_waits = expire  # these reader waits time out, wherever they happen
+    data: bytes = case["data"]
+
+    def write() -> None:
+        with q:
+            pos = 0
+            while pos < len(data):
+                for size in case["writes"]:
+                    q.write(data[pos : pos + size])
+                    pos += size
+                    if pos >= len(data):
+                        break
+        q.mark_writer_done()
+
+    writer = Worker(write)
+    out = bytearray()
+    timeouts = 0
+    try:
+        eof = False
+        while not eof:
+            for kind, size in case["reads"]:
+                try:
+                    got, eof = _read_once(q, kind, size)
+                except TimeoutError:
+                    timeouts += 1
+                    assert q.buffered <= limit
+                    continue
+                out += got
+                if eof:
+                    break
+        assert q.read() == b""
+    finally:
+        q.close_read()  # a failed reader must not leave the writer blocked
+        writer.join()
+    writer.result()
+    assert bytes(out) == data
+    assert q.max_buffered <= limit
+    assert timeouts <= len(expire)

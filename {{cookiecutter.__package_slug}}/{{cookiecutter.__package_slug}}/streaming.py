@@ -9,7 +9,11 @@ example ``upload_fileobj``).  Semantics, in short:
 * Waiting is done on condition variables, never by polling.  Nothing times out
   unless a ``timeout`` was given.
 * ``LimitedQueueIO`` never buffers more than ``memory_limit`` bytes: larger writes
-  are split into ``chunk_size`` pieces, admitted as the reader makes room.
+  are split into ``chunk_size`` pieces, admitted as the reader makes room.  The
+  bound holds after a read times out too (see ``buffered``).
+* ``close()`` ends the data, not the file: ``closed`` turns true only when the
+  reader hangs up (``close_read()``), so ``io.BufferedReader``,
+  ``io.TextIOWrapper`` and what is built on them read a closed stream to its end.
 * Errors cross sides: ``abort(exc)`` (or an exception inside ``with``) makes the
   reader's next read raise :class:`PipeAbortedError` caused by ``exc``;
   ``close_read()`` makes the writer's next or blocked write raise
@@ -31,12 +35,13 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
+    from typing_extensions import Self
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -170,7 +175,10 @@ class QueueIO(io.RawIOBase):
         self._lock = threading.Lock()
         self._can_read = threading.Condition(self._lock)  # the reader waits here
         self._can_write = threading.Condition(self._lock)  # the writer waits here
+        # The stream's unread bytes, in order.  The first _carried of them were put
+        # back by a timed-out read beyond the limit; the other _buffered count against it.
         self._pieces: deque[_Piece] = deque()
+        self._carried = 0
         self._buffered = 0
         self._max_buffered = 0
         self._bytes_written = 0
@@ -206,12 +214,18 @@ class QueueIO(io.RawIOBase):
 
     @property
     def buffered(self) -> int:
-        """Bytes written but not yet read."""
+        """Bytes written but not yet read, at most ``memory_limit``; see below for one exception.
+
+        A read that times out puts back the bytes it had taken, but only as many as
+        the buffer has room for (the writer may have refilled it meanwhile).  It keeps
+        the rest aside, not counted here nor against the limit, and the next reads
+        return them first; reading them makes no room for the writer.
+        """
         return self._buffered
 
     @property
     def max_buffered(self) -> int:
-        """The largest value ``buffered`` has had."""
+        """The largest value ``buffered`` has had (never above ``memory_limit``)."""
         return self._max_buffered
 
     @property
@@ -226,23 +240,34 @@ class QueueIO(io.RawIOBase):
 
     @property
     def closed(self) -> bool:
-        """True once ``close()``, ``abort()`` or ``close_read()`` was called.
+        """True once the reader called ``close_read()``; then reads raise ``ValueError``.
 
-        Unlike a file, a closed QueueIO can still be read until its end:
-        ``close()`` ends the write side only.
+        ``close()`` and ``abort()`` leave it False: they end the data, not the read
+        end, which still returns the buffered rest and then ``b""`` (or raises
+        :class:`PipeAbortedError`).  io wrappers check ``closed`` before each call,
+        so this is what lets them read to the end.  A writer behind a wrapper
+        (``io.BufferedWriter``, ``io.TextIOWrapper``) is therefore refused with
+        ``ValueError`` by the wrapper, not ``BrokenPipeError``, once the reader hung up.
         """
-        return self._write_closed or self._read_closed
+        return self._read_closed
+
+    def _check_open(self) -> None:
+        if self._read_closed:
+            raise ValueError("I/O operation on a QueueIO whose read end is closed (close_read())")
 
     def readable(self) -> bool:
-        """Always True: this is the read end of the pipe."""
+        """True: this is the read end of the pipe.  ``ValueError`` once ``closed``, as io does."""
+        self._check_open()
         return True
 
     def writable(self) -> bool:
-        """Always True: this is the write end of the pipe."""
+        """True: this is the write end of the pipe.  ``ValueError`` once ``closed``, as io does."""
+        self._check_open()
         return True
 
     def seekable(self) -> bool:
-        """Always False: a pipe cannot seek."""
+        """False: a pipe cannot seek.  ``ValueError`` once ``closed``, as io does."""
+        self._check_open()
         return False
 
     def tell(self) -> int:
@@ -284,6 +309,11 @@ class QueueIO(io.RawIOBase):
             return self._write_in_pieces(data)
         self._admitted(data)
         return n
+
+    def writelines(self, lines: Iterable[ReadableBuffer], /) -> None:
+        """``write`` each buffer in turn; it raises what ``write`` raises."""
+        for line in lines:
+            self.write(line)
 
     def _write_in_pieces(self, data: bytes) -> int:
         n = len(data)
@@ -435,7 +465,8 @@ class QueueIO(io.RawIOBase):
         return _join(parts)
 
     def __iter__(self) -> Iterator[bytes]:
-        """Iterate over lines, as files do; works after the writer closed."""
+        """Iterate over lines, as files do; works after the writer closed, not once ``closed``."""
+        self._check_open()
         return self
 
     def _collect(self, n: int, *, partial: bool) -> list[_Piece]:
@@ -447,19 +478,19 @@ class QueueIO(io.RawIOBase):
             while True:
                 if self._read_closed or self._aborted:
                     self._raise_read_error()
-                buffered = self._buffered
-                if buffered >= n - got:
+                available = self._carried + self._buffered
+                if available >= n - got:
                     self._take(n - got, parts)
                     return parts
                 if self._write_closed:  # end of stream: hand out the rest, short
-                    self._take(buffered, parts)
+                    self._take(available, parts)
                     self._eof_seen = True
                     return parts
-                if buffered and (partial or self._writer_need):
+                if available and (partial or self._writer_need):
                     # read1 wants whatever there is; a full buffer must be drained
                     # for the writer to continue, so take it now.
-                    self._take(buffered, parts)
-                    got += buffered
+                    self._take(available, parts)
+                    got += available
                     if partial:
                         return parts
                     continue
@@ -481,7 +512,8 @@ class QueueIO(io.RawIOBase):
                     f"read timed out after {self._timeout} s waiting for data "
                     f"({self._buffered} bytes buffered)"
                 )
-        self._reader_want = want
+        # The writer counts only _buffered; what is carried is there already.
+        self._reader_want = max(1, want - self._carried)
         try:
             self._can_read.wait(left)
         finally:
@@ -515,20 +547,37 @@ class QueueIO(io.RawIOBase):
         self._consumed(stop - start)
 
     def _consumed(self, n: int) -> None:
-        self._buffered -= n
+        """Account for ``n`` bytes taken from the front (lock held): carried ones first."""
         self._bytes_read += n
+        carried = self._carried
+        if carried:
+            if n <= carried:
+                self._carried = carried - n
+                return  # the buffer itself is unchanged: no room for the writer
+            self._carried = 0
+            n -= carried
+        self._buffered -= n
         need = self._writer_need
         if need and self._buffered + need <= self._limit:  # wake the writer once it fits
             self._can_write.notify()
 
     def _put_back(self, parts: list[_Piece], got: int) -> None:
-        """Return bytes taken by a read that timed out to the front, so none are lost."""
+        """Return bytes taken by a read that timed out to the front, so none are lost.
+
+        While the read waited, the writer may have refilled the room they had left;
+        so the buffer counts them only as far as it stays within the limit, and the
+        first bytes are carried outside it instead (they are the first to be read).
+        """
         if not parts:
             return
         self._pieces.extendleft(reversed(parts))
-        self._buffered += got
         self._bytes_read -= got
-        self._max_buffered = max(self._max_buffered, self._buffered)
+        unread = self._carried + self._buffered + got
+        buffered = min(unread, self._limit)  # never less than before: _buffered <= limit
+        self._carried = unread - buffered
+        self._buffered = buffered
+        if buffered > self._max_buffered:
+            self._max_buffered = buffered
 
     def _raise_read_error(self) -> None:
         if self._read_closed:
@@ -541,6 +590,9 @@ class QueueIO(io.RawIOBase):
         """Writer: end the stream.  The reader gets the buffered rest, then ``b""``.
 
         Idempotent.  A write blocked in another thread raises ``ValueError``.
+        ``closed`` stays False.  io wrappers' ``close()`` calls this, so a reader that
+        closes its wrapper before the end ends the writer's stream: a reader that
+        stops early should call ``close_read()`` (or detach its wrapper) instead.
         """
         with self._lock:
             if self._write_closed:
@@ -568,6 +620,7 @@ class QueueIO(io.RawIOBase):
         self._aborted = True
         self._abort_cause = exc
         self._pieces.clear()
+        self._carried = 0
         self._buffered = 0
         self._wake_all()
         return True
@@ -584,6 +637,7 @@ class QueueIO(io.RawIOBase):
             self._read_closed = True
             self._read_cause = exc
             self._pieces.clear()
+            self._carried = 0
             self._buffered = 0
             self._wake_all()
 
@@ -603,6 +657,10 @@ class QueueIO(io.RawIOBase):
         if cause is None:
             return "the writer aborted the stream"
         return f"the writer aborted the stream: {cause!r}"
+
+    def __enter__(self) -> Self:
+        """The writer's ``with``: unlike io's, entering never fails; a write says why it can't."""
+        return self
 
     def __exit__(
         self,
