@@ -39,7 +39,8 @@ FEATURE_FILES = {
         "docs/bounded_queue.md",
     ],
     "include_redis_jobs": [
-        "{slug}/jobs.py",
+        "{slug}/sources/__init__.py",
+        "{slug}/sources/redis_jobs.py",
         "tests/test_jobs.py",
         "tests/jobs_instance.py",
         "tests/servers.py",
@@ -48,20 +49,14 @@ FEATURE_FILES = {
     ],
     "include_spool": [
         "{slug}/spool.py",
-        "{slug}/spool_source.py",
+        "{slug}/sources/__init__.py",
+        "{slug}/sources/spool.py",
         "tests/test_spool.py",
         "tests/test_spool_worker.py",
         "tests/test_spool_props.py",
         "tests/test_spool_procs.py",
         "bench/bench_spool.py",
         "docs/spool.md",
-    ],
-}
-# Files that replace a default file when a feature is on: (variant, replaced).
-VARIANTS = {
-    "include_redis_jobs": [
-        ("{slug}/qq_redis_jobs.py", "{slug}/qq.py"),
-        ("tests/test_qq_redis_jobs.py", "tests/test_qq.py"),
     ],
 }
 # "\x7b" is "{": written so that Jinja does not read these patterns as tags.
@@ -96,19 +91,6 @@ def prune(root: Path, context: dict) -> list[Path]:
             folder.rmdir()
             removed.append(folder)
     return removed
-
-
-def select_variants(root: Path, context: dict) -> None:
-    """Put the variant of a file in its place when its feature is on; drop it when off."""
-    for feature, pairs in VARIANTS.items():
-        for variant, replaced in pairs:
-            source = root / variant.format(slug=context["__package_slug"])
-            if not source.exists():
-                continue
-            if context[feature]:
-                source.replace(root / replaced.format(slug=context["__package_slug"]))
-            else:
-                source.unlink()
 
 
 def select_license(root: Path, context: dict) -> None:
@@ -173,7 +155,6 @@ def main() -> int:
     """Prune, then validate; return 1 if a check failed."""
     root = Path.cwd()
     select_license(root, CONTEXT)
-    select_variants(root, CONTEXT)
     prune(root, CONTEXT)
     problems = validate(root)
     for problem in problems:

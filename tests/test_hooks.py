@@ -162,22 +162,6 @@ def test_a_file_shared_by_features_stays_while_one_of_them_is_on(tmp_path: Path)
     assert sorted(p.name for p in (root / "tests").iterdir()) == ["servers.py", "test_jobs.py"]
 
 
-@pytest.mark.parametrize("on", [True, False])
-def test_variants_replace_the_default_file_only_when_on(tmp_path: Path, on: bool) -> None:
-    context = default_context(include_redis_jobs=on)
-    hook = load_hook("post_gen_project", context, tmp_path)
-    root = tmp_path / "project"
-    (root / "my_worker").mkdir(parents=True)
-    (root / "my_worker" / "qq.py").write_text("default")
-    (root / "my_worker" / "qq_redis_jobs.py").write_text("variant")
-
-    hook.select_variants(root, context)
-    hook.select_variants(root, context)  # twice: nothing more happens
-
-    assert (root / "my_worker" / "qq.py").read_text() == ("variant" if on else "default")
-    assert not (root / "my_worker" / "qq_redis_jobs.py").exists()
-
-
 @pytest.mark.parametrize(
     ("name", "text", "problem"),
     [

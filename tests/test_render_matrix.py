@@ -125,12 +125,14 @@ def test_feature_files_follow_the_flags(baked: tuple[dict[str, Any], Path]) -> N
         "include_aiocache": "cache.py",
         "include_streaming_io": "streaming.py",
         "include_bounded_queue": "bounded_queue.py",
-        "include_spool": "spool.py",
-        "include_redis_jobs": "jobs.py",
+        "include_spool": "sources/spool.py",
+        "include_redis_jobs": "sources/redis_jobs.py",
     }
     for feature, module in modules.items():
-        if (package / module).exists():  # the template has this feature's module
-            assert (project / slug / module).exists() == answers.get(feature, False), feature
+        assert (package / module).exists(), module
+        assert (project / slug / module).exists() == answers.get(feature, False), feature
+    has_source = answers.get("include_spool", False) or answers.get("include_redis_jobs", False)
+    assert (project / slug / "sources" / "__init__.py").exists() == has_source
     assert not (project / "licenses").exists()
     prefix = slug.upper() + "_"
     env_example = (project / ".env.example").read_text()

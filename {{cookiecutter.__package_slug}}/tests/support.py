@@ -9,13 +9,14 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from {{ cookiecutter.__package_slug }}.settings import Settings
+from {{ cookiecutter.__package_slug }}.worker import Outcome, WriterSource
 
 
 class Journal:
@@ -54,6 +55,41 @@ def writer_over(
             yield item
 
     return writer
+
+
+class RecordingSource(WriterSource):
+    """A writer's items, keeping every outcome the runtime settles (in the parent)."""
+
+    def __init__(
+        self,
+        writer: Callable[..., AsyncIterator[Any]],
+        settings: Settings,
+        commit: Callable[[Any, Any, str | None], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(writer, settings)
+        self.outcomes: list[tuple[Any, Outcome, str | None]] = []
+        self._commit = commit
+
+    def settle(self, item: Any, outcome: Outcome, error: str | None) -> None:
+        self.outcomes.append((item, outcome, error))
+
+    @property
+    def failures(self) -> list[tuple[Any, str]]:
+        """(item, error) of the items that failed or were lost."""
+        lost = (Outcome.FAILED, Outcome.LOST)
+        return [(item, error or "") for item, outcome, error in self.outcomes if outcome in lost]
+
+    def of(self, outcome: Outcome) -> list[Any]:
+        """The items settled with `outcome`."""
+        return [item for item, settled, _ in self.outcomes if settled is outcome]
+
+
+class CommittingSource(RecordingSource):
+    """A `RecordingSource` whose worker processes run `commit` after the reader."""
+
+    async def commit(self, item: Any, state: Any, error: str | None) -> None:
+        assert self._commit is not None
+        await self._commit(item, state, error)
 
 
 def fast_settings(**overrides: Any) -> Settings:

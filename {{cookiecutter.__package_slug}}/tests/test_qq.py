@@ -1,27 +1,104 @@
-"""qq.py's writer, reader and context, called exactly as the worker (and QuasiQueue) calls them."""
+{%- set source = "redis" if cookiecutter.include_redis_jobs else ("spool" if cookiecutter.include_spool else "writer") -%}
+"""qq.py's reader and context, called exactly as the worker (and QuasiQueue) calls them, and
+its commands end to end."""
 
 from __future__ import annotations
 
 import hashlib
+{%- if source == "writer" %}
 import importlib
 import inspect
+{%- endif %}
 import json
 import os
 import re
 import subprocess
 import sys
+{%- if source == "redis" %}
+from collections.abc import Iterator
+{%- endif %}
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+{%- if source == "redis" %}
+from servers import Server, running
+{%- endif %}
 
 from {{ cookiecutter.__package_slug }} import qq
 from {{ cookiecutter.__package_slug }}.settings import Settings
+{%- if source == "redis" %}
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Job, RedisJobs
+{%- elif source == "spool" %}
+from {{ cookiecutter.__package_slug }}.sources.spool import SpoolItem, SpoolSource
+{%- endif %}
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 PROJECT = Path(__file__).resolve().parents[1]
 PREFIX = "{{ cookiecutter.__env_prefix }}"
 MODULE = "{{ cookiecutter.__package_slug }}.qq"
+{%- if source == "redis" %}
+SAMPLE = {"text": "hello"}
+SAMPLE_NAME = "1-0"
+SAMPLE_DIGEST = hashlib.sha256(json.dumps(SAMPLE, sort_keys=True).encode()).hexdigest()
+SAMPLE_ITEM = Job(id=SAMPLE_NAME, payload=SAMPLE)
+{%- elif source == "spool" %}
+SAMPLE_NAME = "order-7"
+SAMPLE_DIGEST = hashlib.sha256(b"order 7").hexdigest()
+SAMPLE_ITEM = SpoolItem("batch", 1, 0, SAMPLE_NAME, "order 7")
+{%- else %}
+SAMPLE_NAME = "job-007"
+SAMPLE_DIGEST = hashlib.sha256(b"job-007").hexdigest()
+SAMPLE_ITEM = SAMPLE_NAME
+{%- endif %}
+
+
+def environment(**settings: str) -> dict[str, str]:
+    """The environment without this project's settings, plus `settings` (names unprefixed)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(PREFIX)}
+    return env | {f"{PREFIX}LOG_LEVEL": "INFO"} | {PREFIX + k: v for k, v in settings.items()}
+
+
+def qq_command(
+    *args: str, env: dict[str, str], stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", MODULE, *args],
+        input=stdin,
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_context_and_reader_as_the_worker_calls_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = Settings(_env_file=None)
+    caplog.set_level("INFO")
+    async with asynccontextmanager(qq.context)(settings=settings) as ctx:
+        await qq.reader(item=SAMPLE_ITEM, ctx=ctx, settings=settings)
+        assert ctx.processed == 1
+{%- if cookiecutter.include_aiocache %}
+        assert await ctx.cache.get(SAMPLE_NAME) == SAMPLE_DIGEST
+{%- endif %}
+
+    assert f"{SAMPLE_NAME} sha256={SAMPLE_DIGEST}" in caplog.text
+    assert "this process handled 1 job(s)" in caplog.text
+
+
+def test_help_lists_every_command() -> None:
+    result = qq_command("--help", env=environment())
+    assert result.returncode == 0, result.stderr
+    listed = set(re.findall(r"^│ (\w+)\s", result.stdout, re.MULTILINE))
+{%- if source == "writer" %}
+    assert listed == {"serve", "drain", "health"}
+{%- else %}
+    assert listed == {"serve", "drain", "health", "submit", "stats"}
+{%- endif %}
+{%- if source == "writer" %}
 
 
 @pytest.fixture
@@ -45,24 +122,6 @@ async def test_writer_yields_at_most_desired_then_nothing(fresh_qq: object) -> N
     assert len(set(jobs)) == 100
 
 
-async def test_context_and_reader_as_the_worker_calls_them(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    settings = Settings(_env_file=None)
-    caplog.set_level("INFO")
-    async with asynccontextmanager(qq.context)(settings=settings) as ctx:
-        await qq.reader(item="job-007", ctx=ctx, settings=settings)
-        await qq.reader(item="job-008", ctx=ctx, settings=settings)
-        assert ctx.processed == 2
-{%- if cookiecutter.include_aiocache %}
-        assert await ctx.cache.get("job-007") == hashlib.sha256(b"job-007").hexdigest()
-{%- endif %}
-
-    digest = hashlib.sha256(b"job-007").hexdigest()
-    assert f"job-007 sha256={digest}" in caplog.text
-    assert "this process handled 2 job(s)" in caplog.text
-
-
 def test_runner_is_a_worker_over_these_functions() -> None:
     assert isinstance(qq.runner, Worker)
     assert (qq.runner.reader, qq.runner.writer, qq.runner.context) == (
@@ -74,15 +133,7 @@ def test_runner_is_a_worker_over_these_functions() -> None:
 
 
 def test_drain_command_processes_every_sample_job_in_worker_processes() -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(PREFIX)}
-    result = subprocess.run(
-        [sys.executable, "-m", MODULE, "drain"],
-        cwd=PROJECT,
-        env=env | {f"{PREFIX}LOG_LEVEL": "INFO"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = qq_command("drain", env=environment())
 
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -91,3 +142,60 @@ def test_drain_command_processes_every_sample_job_in_worker_processes() -> None:
     logged = dict(re.findall(r"\S+-worker-\d+ \S+: (job-\d+) sha256=([0-9a-f]{64})", result.stderr))
     assert sorted(logged) == sorted(qq.SAMPLE_JOBS)
     assert all(digest == hashlib.sha256(job.encode()).hexdigest() for job, digest in logged.items())
+{%- else %}
+
+
+def test_runner_is_a_worker_over_these_functions() -> None:
+    assert isinstance(qq.runner, Worker)
+    runner = qq.runner
+    assert (runner.reader, runner.writer, runner.context) == (qq.reader, None, qq.context)
+{%- if source == "redis" %}
+    assert isinstance(qq.runner.source, RedisJobs)
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running("redis", tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def test_submit_then_drain_processes_every_job(redis: Server) -> None:
+    env = environment(JOBS_REDIS_URL=f"redis://127.0.0.1:{redis.port}/0", JOBS_STREAM="qq-test")
+    payloads = [{"n": n} for n in range(50)]
+    lines = "".join(json.dumps(payload) + "\n" for payload in payloads)
+    submitted = qq_command("submit", "-", env=env, stdin=lines)
+    assert submitted.returncode == 0, submitted.stderr
+    ids = submitted.stdout.split()
+    assert len(ids) == 50
+
+    drained = qq_command("drain", env=env)
+    assert drained.returncode == 0, drained.stderr
+    summary = json.loads(drained.stdout.splitlines()[-1])
+    assert summary["succeeded"] == summary["enqueued"] == 50
+    logged = dict(re.findall(r"-worker-\d+ \S+: (\S+) sha256=([0-9a-f]{64})", drained.stderr))
+    assert sorted(logged) == sorted(ids)
+    digests = [json.dumps(payload, sort_keys=True).encode() for payload in payloads]
+    assert sorted(logged.values()) == sorted(hashlib.sha256(d).hexdigest() for d in digests)
+{%- else %}
+    assert isinstance(qq.runner.source, SpoolSource)
+
+
+def test_submit_then_drain_processes_every_record(tmp_path: Path) -> None:
+    env = environment(SPOOL_ROOT=str(tmp_path / "spool"))
+    records = [f"order {n}" for n in range(50)]
+    submitted = qq_command("submit", "-", env=env, stdin="\n".join(records) + "\n")
+    assert submitted.returncode == 0, submitted.stderr
+
+    drained = qq_command("drain", env=env)
+    assert drained.returncode == 0, drained.stderr
+    summary = json.loads(drained.stdout.splitlines()[-1])
+    assert summary["succeeded"] == summary["enqueued"] == 50
+    logged = re.findall(r"-worker-\d+ \S+: (\S+) sha256=([0-9a-f]{64})", drained.stderr)
+    assert sorted(digest for _, digest in logged) == sorted(
+        hashlib.sha256(record.encode()).hexdigest() for record in records
+    )
+    stats = qq_command("stats", env=env)
+    counts = json.loads(stats.stdout)
+    assert (counts["ready"], counts["claimed"], counts["dead"]) == (0, 0, 0)
+{%- endif %}
+{%- endif %}

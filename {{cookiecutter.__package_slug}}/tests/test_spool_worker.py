@@ -10,10 +10,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from typing import Any
+
 from support import Journal, fast_settings, kill_session
 
+from {{ cookiecutter.__package_slug }}.sources.spool import SpoolItem, SpoolSource
 from {{ cookiecutter.__package_slug }}.spool import Consumer, Producer
-from {{ cookiecutter.__package_slug }}.spool_source import SpoolItem, SpoolWorker
+from {{ cookiecutter.__package_slug }}.worker import Worker
 
 KEYS = [f"k-{n:03d}" for n in range(400)]
 
@@ -22,6 +25,12 @@ def fill(root: Path) -> None:
     with Producer(root, max_records=10) as producer:
         for key in KEYS:
             producer.put(f"payload of {key}", key=key)
+
+
+def spool_worker(reader: Any, root: Path, **settings: Any) -> Worker:
+    """A worker over the spool folder `root`."""
+    values = fast_settings(spool_root=str(root), **settings)
+    return Worker("t", reader=reader, source=SpoolSource(values), settings=values)
 
 
 def spool_is_empty(root: Path) -> bool:
@@ -38,7 +47,7 @@ async def test_every_record_is_processed_and_every_batch_acked(
         assert item.data == f"payload of {item.key}"
         journal.add(item.key)
 
-    worker = SpoolWorker("t", reader, tmp_path / "spool", settings=fast_settings())
+    worker = spool_worker(reader, tmp_path / "spool")
     summary = await worker.drain()
 
     assert journal.column(0) == Counter(KEYS)
@@ -56,7 +65,7 @@ async def test_a_failed_record_redelivers_its_batch(tmp_path: Path, journal: Jou
             marker.touch()
             raise RuntimeError("first try fails")
 
-    worker = SpoolWorker("t", reader, tmp_path / "spool", settings=fast_settings())
+    worker = spool_worker(reader, tmp_path / "spool")
     summary = await worker.drain()
 
     seen = journal.column(0)
@@ -72,7 +81,8 @@ SERVE = """
 import asyncio, os, sys, time
 sys.path[:0] = [sys.argv[3], sys.argv[4]]
 from support import Journal, fast_settings, kill_session
-from {{ cookiecutter.__package_slug }}.spool_source import SpoolWorker
+from {{ cookiecutter.__package_slug }}.sources.spool import SpoolSource
+from {{ cookiecutter.__package_slug }}.worker import Worker
 
 journal = Journal(__import__("pathlib").Path(sys.argv[2]))
 
@@ -80,7 +90,8 @@ async def reader(item):
     journal.add(item.key)
     await asyncio.sleep(0.01)
 
-worker = SpoolWorker("t", reader, sys.argv[1], settings=fast_settings(num_processes=2))
+settings = fast_settings(num_processes=2, spool_root=sys.argv[1])
+worker = Worker("t", reader=reader, source=SpoolSource(settings), settings=settings)
 asyncio.run(worker.drain())
 """
 
@@ -104,7 +115,7 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, journal: Journal) -> None
     async def reader(item: SpoolItem) -> None:
         journal.add(item.key)
 
-    worker = SpoolWorker("t", reader, root, settings=fast_settings())  # recovers first
+    worker = spool_worker(reader, root)  # recovers first
     asyncio.run(worker.drain())
 
     seen = journal.column(0)
@@ -112,4 +123,35 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, journal: Journal) -> None
     again = {key for key in KEYS if seen[key] > first[key] > 0}
     assert again  # the killed worker's unfinished batches were delivered again
     assert all(seen[key] - first[key] <= 1 for key in KEYS)
+    assert spool_is_empty(root)
+
+
+async def test_drain_waits_for_a_batch_a_live_consumer_holds(
+    tmp_path: Path, journal: Journal
+) -> None:
+    root = tmp_path / "spool"
+    fill(root)
+    held = Consumer(root)
+    batch = held.claim(timeout=0)  # another live worker holds this batch
+    assert batch is not None
+
+    async def reader(item: SpoolItem) -> None:
+        journal.add(item.key)
+
+    drain = asyncio.ensure_future(spool_worker(reader, root).drain())
+    deadline = time.monotonic() + 30
+    while sum(journal.column(0).values()) < len(KEYS) - len(batch):
+        assert time.monotonic() < deadline
+        assert not drain.done()
+        await asyncio.sleep(0.01)
+    # Nothing is ready, but a live consumer holds a batch: the drain must not end (a drain
+    # that did would end within a few milliseconds of the last record).
+    done, _ = await asyncio.wait({drain}, timeout=0.5)
+    assert not done
+    batch.release()  # that worker stops before finishing it: the batch is ready again
+    held.close()
+    summary = await asyncio.wait_for(drain, 30)
+
+    assert summary.succeeded == len(KEYS)
+    assert journal.column(0) == Counter(KEYS)
     assert spool_is_empty(root)

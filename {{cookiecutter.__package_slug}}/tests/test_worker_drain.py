@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from support import Journal, fast_settings, writer_over
+from support import CommittingSource, Journal, fast_settings, writer_over
 
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
@@ -139,22 +139,21 @@ async def test_a_worker_can_drain_twice(journal: Journal) -> None:
     assert journal.column(0) == Counter(str(n) for n in range(150))
 
 
-async def test_with_a_finish_step_unread_items_still_spread_over_the_processes(
+async def test_with_a_commit_step_unread_items_still_spread_over_the_processes(
     journal: Journal,
 ) -> None:
     async def reader(item: int) -> None:
         journal.add(item, os.getpid())
         await asyncio.sleep(0.05)
 
-    async def finish(item: int, ctx: Any, error: str | None) -> None:
+    async def commit(item: int, state: Any, error: str | None) -> None:
         await asyncio.sleep(0)
 
-    # One slot per process: each may hold 2 items not read yet (and more that are finishing),
+    # One slot per process: each may hold 2 items not read yet (and more that are committing),
     # so the first process to start does not take all 12.
     settings = fast_settings(num_processes=2, concurrent_tasks_per_process=1)
-    worker = Worker(
-        "t", reader=reader, writer=writer_over(range(12)), settings=settings, finish=finish
-    )
+    source = CommittingSource(writer_over(range(12)), settings, commit)
+    worker = Worker("t", reader=reader, settings=settings, source=source)
     summary = await worker.drain()
 
     assert (summary.succeeded, summary.failed) == (12, 0)

@@ -6,14 +6,16 @@ import asyncio
 import os
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from support import Journal, fast_settings, writer_over
+from support import CommittingSource, Journal, RecordingSource, fast_settings, writer_over
 
+from {{ cookiecutter.__package_slug }}.settings import Settings
 from {{ cookiecutter.__package_slug }}.worker import (
     ContextError,
+    Outcome,
     SignatureError,
     Summary,
     Worker,
@@ -21,27 +23,15 @@ from {{ cookiecutter.__package_slug }}.worker import (
 )
 
 
-class RecordingWorker(Worker):
-    """Keeps what the parent-side hooks were given."""
-
-    failures: list[tuple[Any, str]]
-    unstarted: list[Any]
-
-    def on_failure(self, item: Any, error: str) -> None:
-        self.failures.append((item, error))
-
-    def on_unstarted(self, items: list[Any]) -> None:
-        self.unstarted.extend(items)
-
-
-def recording_worker(**kwargs: Any) -> RecordingWorker:
-    worker = RecordingWorker("t", **kwargs)
-    worker.failures, worker.unstarted = [], []
-    return worker
+def recording_worker(
+    *, writer: Callable[..., AsyncIterator[Any]], settings: Settings, **kwargs: Any
+) -> tuple[Worker, RecordingSource]:
+    source = RecordingSource(writer, settings)
+    return Worker("t", settings=settings, source=source, **kwargs), source
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
-async def test_reader_errors_are_counted_and_handed_to_on_failure(
+async def test_reader_errors_are_counted_and_settled_as_failed(
     journal: Journal, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     def work(item: int) -> None:
@@ -56,15 +46,15 @@ async def test_reader_errors_are_counted_and_handed_to_on_failure(
         journal.add("process", os.getpid())
 
     reader = async_reader if kind == "async" else work
-    worker = recording_worker(
+    worker, source = recording_worker(
         reader=reader, writer=writer_over(range(200)), context=context, settings=fast_settings()
     )
     summary = await worker.drain()
 
     failing = {n for n in range(200) if n % 10 == 3}
     assert (summary.succeeded, summary.failed) == (180, 20)
-    assert {item for item, _ in worker.failures} == failing
-    assert all(error == f"RuntimeError: boom {item}" for item, error in worker.failures)
+    assert {item for item, _ in source.failures} == failing
+    assert all(error == f"RuntimeError: boom {item}" for item, error in source.failures)
     items = Counter(row[0] for row in journal.rows() if row[0] != "process")
     assert items == Counter(str(n) for n in range(200))
     assert len([row for row in journal.rows() if row[0] == "process"]) == 2  # none replaced
@@ -77,12 +67,12 @@ async def test_retries_with_backoff_then_success(journal: Journal) -> None:
             raise ConnectionError("flaky")
 
     settings = fast_settings(max_retries=2, retry_backoff=0.001, num_processes=1)
-    worker = recording_worker(reader=reader, writer=writer_over(range(20)), settings=settings)
+    worker, source = recording_worker(reader=reader, writer=writer_over(range(20)), settings=settings)
     summary = await worker.drain()
 
     assert (summary.succeeded, summary.failed, summary.retried) == (20, 0, 40)
     assert journal.column(0) == Counter({str(n): 3 for n in range(20)})
-    assert worker.failures == []
+    assert source.failures == []
 
 
 async def test_after_the_last_retry_the_item_is_reported_failed(journal: Journal) -> None:
@@ -91,12 +81,12 @@ async def test_after_the_last_retry_the_item_is_reported_failed(journal: Journal
         raise ConnectionError("down")
 
     settings = fast_settings(max_retries=1, retry_backoff=0.001)
-    worker = recording_worker(reader=reader, writer=writer_over(range(30)), settings=settings)
+    worker, source = recording_worker(reader=reader, writer=writer_over(range(30)), settings=settings)
     summary = await worker.drain()
 
     assert (summary.succeeded, summary.failed, summary.retried) == (0, 30, 30)
     assert journal.column(0) == Counter({str(n): 2 for n in range(30)})
-    assert sorted(item for item, _ in worker.failures) == list(range(30))
+    assert sorted(item for item, _ in source.failures) == list(range(30))
 
 
 async def test_a_crashed_process_fails_its_items_and_is_replaced(
@@ -108,19 +98,20 @@ async def test_a_crashed_process_fails_its_items_and_is_replaced(
         journal.add(item, os.getpid())
 
     settings = fast_settings(concurrent_tasks_per_process=1)
-    worker = recording_worker(reader=reader, writer=writer_over(range(100)), settings=settings)
+    worker, source = recording_worker(reader=reader, writer=writer_over(range(100)), settings=settings)
     summary = await worker.drain()
 
     assert summary.enqueued == summary.succeeded + summary.failed == 100
-    assert 13 in {item for item, _ in worker.failures}
-    assert all("exited (code 7)" in error for _, error in worker.failures)
+    assert 13 in {item for item, _ in source.failures}
+    assert set(source.of(Outcome.LOST)) == {item for item, _ in source.failures}
+    assert all("exited (code 7)" in error for _, error in source.failures)
     assert set(journal.column(0)) == {str(n) for n in range(100)} - {
-        str(item) for item, _ in worker.failures
+        str(item) for item, _ in source.failures
     }
     assert "exited with code 7: replacing it" in caplog.text
 
 
-async def test_finish_runs_in_the_worker_process_after_the_reader_outside_its_slot(
+async def test_commit_runs_in_the_worker_process_after_the_reader_outside_its_slot(
     journal: Journal,
 ) -> None:
     started: dict[int, asyncio.Event] = {}  # per worker process (a fork copies it)
@@ -133,22 +124,20 @@ async def test_finish_runs_in_the_worker_process_after_the_reader_outside_its_sl
         if item == 3:
             raise ValueError("three")
 
-    async def finish(item: int, ctx: Any, error: str | None) -> None:
-        if item < 5:  # one reader slot, yet the next item's reader runs while this finishes
+    async def commit(item: int, state: Any, error: str | None) -> None:
+        if item < 5:  # one reader slot, yet the next item's reader runs while this commits
             await asyncio.wait_for(event(item + 1).wait(), 10)
         journal.add(item, error or "ok", os.getpid())
         if item == 4:
             raise RuntimeError("acknowledgement refused")
 
     settings = fast_settings(num_processes=1, concurrent_tasks_per_process=1)
-    worker = RecordingWorker(
-        "t", reader=reader, writer=writer_over(range(6)), settings=settings, finish=finish
-    )
-    worker.failures, worker.unstarted = [], []
+    source = CommittingSource(writer_over(range(6)), settings, commit)
+    worker = Worker("t", reader=reader, settings=settings, source=source)
     summary = await worker.drain()
 
     assert (summary.succeeded, summary.failed) == (4, 2)
-    assert sorted(worker.failures) == [
+    assert sorted(source.failures) == [
         (3, "ValueError: three"),
         (4, "RuntimeError: acknowledgement refused"),
     ]

@@ -21,7 +21,7 @@ import psutil
 from support import Journal, fast_settings
 
 from {{ cookiecutter.__package_slug }}.settings import Settings
-from {{ cookiecutter.__package_slug }}.worker import Worker
+from {{ cookiecutter.__package_slug }}.worker import Outcome, Worker, WriterSource
 
 
 def main(journal: Journal, mode: str) -> None:
@@ -45,12 +45,10 @@ def main(journal: Journal, mode: str) -> None:
         await asyncio.sleep(0.2 if mode == "busy" else 3600)
         journal.add("end", item)
 
-    class AppWorker(Worker):
-        def on_unstarted(self, items: list[Any]) -> None:
-            journal.add("unstarted", len(items))
-
-        def on_failure(self, item: Any, error: str) -> None:
-            journal.add("failed", item)
+    class AppSource(WriterSource):
+        def settle(self, item: Any, outcome: Outcome, error: str | None) -> None:
+            if outcome is not Outcome.SUCCEEDED:
+                journal.add(outcome.value, item)
 
     if mode in ("drain", "listen", "health"):  # configured by the environment
         worker = Worker("app", reader=reader, writer=writer, settings=Settings())
@@ -62,7 +60,8 @@ def main(journal: Journal, mode: str) -> None:
         graceful_shutdown_timeout=0.5 if mode == "stuck" else 10.0,
         log_level="INFO",
     )
-    worker = AppWorker("app", reader=reader, writer=writer, context=context, settings=settings)
+    source = AppSource(writer, settings)
+    worker = Worker("app", reader=reader, context=context, settings=settings, source=source)
     worker.cli(["serve"])
 
 

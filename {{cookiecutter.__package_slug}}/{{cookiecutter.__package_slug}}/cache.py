@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from aiocache import Cache as Backends
 from aiocache.serializers import PickleSerializer
 
 from .settings import Settings
+from .worker.remote import Outage, refuse_password_in_url
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ for _message in (
     warnings.filterwarnings("ignore", message=re.escape(_message), category=DeprecationWarning)
 
 R = TypeVar("R")
-WARN_EVERY = 10.0  # seconds between two warnings about the same failing operation
 OPERATION_TIMEOUT = 1.0  # seconds a cache call may take before it counts as failed
 
 _current: Cache | None = None  # the cache of this process, set by open_cache
@@ -45,14 +44,18 @@ class CacheError(Exception):
 
 
 class Cache:
-    """A namespaced cache whose calls never raise when the server is unavailable."""
+    """A namespaced cache whose calls never raise when the server is unavailable.
+
+    Its keys are `<CACHE_NAMESPACE>:cache:<key>`, a prefix no job source uses, so a cache and
+    a job stream can share one Redis database and `clear()` never touches the jobs.
+    """
 
     def __init__(self, backend: Any, url: str, namespace: str, ttl: int | None) -> None:
         self._backend = backend
         self.url = url
         self.namespace = namespace
         self.ttl = ttl
-        self._warned: dict[str, float] = {}
+        self._outage = Outage(f"cache {url}", logger)
 
     def __repr__(self) -> str:
         return f"Cache(url={self.url!r}, namespace={self.namespace!r}, ttl={self.ttl!r})"
@@ -92,25 +95,28 @@ class Cache:
         if self._backend is None:
             return fallback
         try:
-            return await getattr(self._backend, operation)(*args, **kwargs)
+            result = await getattr(self._backend, operation)(*args, **kwargs)
         except Exception as exc:
-            now = time.monotonic()
-            if now - self._warned.get(operation, -WARN_EVERY) >= WARN_EVERY:
-                self._warned[operation] = now
-                logger.warning(
-                    "cache %s failed on %s, carrying on without it: %r", operation, self, exc
-                )
+            self._outage.failed(exc, f"cache {operation} failed, carrying on without it")
             return fallback
+        if self._outage.down_since is not None:
+            self._outage.ok()
+        return result
+
+
+def namespace_of(settings: Settings) -> str:
+    """The prefix of every cache key: `<CACHE_NAMESPACE>:cache` (aiocache adds the colon)."""
+    return f"{settings.cache_namespace}:cache"
 
 
 def _backend(settings: Settings) -> Any:
     url = urlsplit(settings.cache_url)
-    if url.password:
-        raise CacheError(
-            "CACHE_URL holds a password: move it to CACHE_PASSWORD, which is kept secret"
-        )
+    try:
+        refuse_password_in_url("CACHE_URL", settings.cache_url, "CACHE_PASSWORD")
+    except ValueError as exc:
+        raise CacheError(str(exc)) from None
     common: dict[str, Any] = {
-        "namespace": settings.cache_namespace,
+        "namespace": namespace_of(settings),
         "serializer": PickleSerializer(),
         "timeout": OPERATION_TIMEOUT,
     }
@@ -137,7 +143,8 @@ async def open_cache(settings: Settings) -> AsyncIterator[Cache]:
     """Open this process's cache, make it the current one, and close it on exit."""
     global _current
     backend = _backend(settings) if settings.cache_enabled else None
-    cache = Cache(backend, settings.cache_url, settings.cache_namespace, settings.cache_ttl or None)
+    namespace = namespace_of(settings)
+    cache = Cache(backend, settings.cache_url, namespace, settings.cache_ttl or None)
     _current = cache
     try:
         yield cache

@@ -1,21 +1,30 @@
-"""The writer, reader and context the worker runs. This file is yours to edit.
+{%- set source = "redis" if cookiecutter.include_redis_jobs else ("spool" if cookiecutter.include_spool else "writer") -%}
+"""The reader and context the worker runs, and where its items come from. This file is yours.
 
 Serve until SIGTERM/SIGINT:
     python -m {{ cookiecutter.__package_slug }}.qq
-Run until the writer has nothing more, print a JSON summary, exit 1 if an item failed:
+Run until the source has nothing more, print a JSON summary, exit 1 if an item failed:
     python -m {{ cookiecutter.__package_slug }}.qq drain
-The machinery is in `worker/`; docs/worker.md explains the contract of each function.
-{%- if cookiecutter.include_spool %}
-For a durable source, `spool_source.SpoolWorker` takes the place of `Worker` and this writer:
-it yields the records of a spool folder and acks each batch once all of them succeeded
-(docs/spool.md, "The worker recipe").
+{%- if source == "redis" %}
+Add jobs (JSON payloads) to the Redis stream that every instance shares (docs/scaling.md):
+    python -m {{ cookiecutter.__package_slug }}.qq submit '{"text": "hello"}'
+{%- elif source == "spool" %}
+Publish records to the spool folder (SPOOL_ROOT) as one batch (docs/spool.md):
+    python -m {{ cookiecutter.__package_slug }}.qq submit 'hello' 'world'
 {%- endif %}
+`--help` lists every command. `Worker` takes either a `writer` (an async generator function,
+as in QuasiQueue) or a `source` (docs/worker.md lists the sources). Here the items come from
+{% if source == "redis" %}the Redis stream: `source=RedisJobs(...)`.{% elif source == "spool" %}the spool folder: `source=SpoolSource(...)`.{% else %}`writer`.{% endif %} The machinery is in `worker/`.
 """
 
 from __future__ import annotations
 
 import hashlib
+{%- if source == "redis" %}
+import json
+{%- elif source == "writer" %}
 import itertools
+{%- endif %}
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,12 +33,19 @@ from .cache import Cache, open_cache
 {%- endif %}
 from .settings import Settings
 from .settings import settings as project_settings
+{%- if source == "redis" %}
+from .sources.redis_jobs import Job, RedisJobs
+{%- elif source == "spool" %}
+from .sources.spool import SpoolItem, SpoolSource
+{%- endif %}
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
+{%- if source == "writer" %}
 
 SAMPLE_JOBS = tuple(f"job-{number:03d}" for number in range(100))
 _unsent = iter(SAMPLE_JOBS)
+{%- endif %}
 
 
 @dataclass
@@ -39,6 +55,7 @@ class Context:
     cache: Cache
 {%- endif %}
     processed: int = 0
+{%- if source == "writer" %}
 
 
 async def writer(desired: int, settings: Settings) -> AsyncIterator[str]:
@@ -49,6 +66,7 @@ async def writer(desired: int, settings: Settings) -> AsyncIterator[str]:
     """
     for job in itertools.islice(_unsent, desired):
         yield job
+{%- endif %}
 
 
 async def context(settings: Settings) -> AsyncIterator[Context]:
@@ -62,6 +80,32 @@ async def context(settings: Settings) -> AsyncIterator[Context]:
     yield ctx
 {%- endif %}
     logger.info("closing: this process handled %d job(s)", ctx.processed)
+{%- if source == "redis" %}
+
+
+async def reader(item: Job, ctx: Context, settings: Settings) -> None:
+    """Process one job: hash its payload, a stand-in for real work. Keep it idempotent:
+    a job can run again (with the same `item.id`) if its worker dies before acknowledging."""
+    digest = hashlib.sha256(json.dumps(item.payload, sort_keys=True).encode()).hexdigest()
+{%- if cookiecutter.include_aiocache %}
+    await ctx.cache.set(item.id, digest)
+{%- endif %}
+    ctx.processed += 1
+    logger.info("%s sha256=%s", item.id, digest)
+{%- elif source == "spool" %}
+
+
+async def reader(item: SpoolItem, ctx: Context, settings: Settings) -> None:
+    """Process one record: hash it, a stand-in for real work. Keep it idempotent: a record
+    runs again (with the same `item.key`) if its batch is delivered again."""
+    data = item.data.encode() if isinstance(item.data, str) else item.data
+    digest = hashlib.sha256(data).hexdigest()
+{%- if cookiecutter.include_aiocache %}
+    await ctx.cache.set(item.key, digest)
+{%- endif %}
+    ctx.processed += 1
+    logger.info("%s sha256=%s", item.key, digest)
+{%- else %}
 
 
 async def reader(item: str, ctx: Context, settings: Settings) -> None:
@@ -72,12 +116,18 @@ async def reader(item: str, ctx: Context, settings: Settings) -> None:
 {%- endif %}
     ctx.processed += 1
     logger.info("%s sha256=%s", item, digest)
-
+{%- endif %}
 
 runner = Worker(
     project_settings.project_name,
     reader=reader,
+{%- if source == "redis" %}
+    source=RedisJobs(project_settings),
+{%- elif source == "spool" %}
+    source=SpoolSource(project_settings),
+{%- else %}
     writer=writer,
+{%- endif %}
     context=context,
     settings=project_settings,
 )

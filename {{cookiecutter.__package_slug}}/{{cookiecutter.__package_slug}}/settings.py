@@ -49,6 +49,12 @@ class Settings(QuasiQueueSettings):
     max_retries: int = Field(default=0, ge=0)
     retry_backoff: float = Field(default=0.5, ge=0)
     retry_backoff_max: float = Field(default=30.0, ge=0)
+
+    # Durable sources (spool, Redis): the most items this instance holds that have not
+    # started, its processes' read-ahead (2 per reader slot) included; 0: 3 per reader slot.
+    max_unstarted: int = Field(default=0, ge=0)
+    # Seconds `drain` waits for an unreachable source before it exits 2.
+    source_connect_timeout: float = Field(default=10.0, gt=0)
 {%- if cookiecutter.include_aiocache %}
 
     # The cache (see docs/cache.md).
@@ -60,6 +66,13 @@ class Settings(QuasiQueueSettings):
     )
     cache_ttl: int = Field(default=3600, ge=0)
     cache_enabled: bool = True
+{%- endif %}
+{%- if cookiecutter.include_spool %}
+
+    # The spool folder source (see docs/spool.md).
+    spool_root: str = "spool"
+    # Failed deliveries of one batch before it goes to `<spool_root>/dead`.
+    spool_max_attempts: int = Field(default=5, ge=1)
 {%- endif %}
 {%- if cookiecutter.include_redis_jobs %}
 

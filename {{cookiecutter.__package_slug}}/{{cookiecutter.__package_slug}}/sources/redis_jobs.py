@@ -1,13 +1,17 @@
 """Jobs in a Redis stream, shared by worker instances on many machines (docs/scaling.md).
 
 - `submit(payload, key=None)` / `submit_many(payloads)` (or a `Jobs` client) add JSON jobs to
-  the project's stream from any program; `python -m <package>.jobs submit '<json>'` from a shell.
-- `JobsWorker(name, reader, context, settings)` is a `Worker` whose writer reads the stream
-  through a consumer group: each job goes to one consumer (one per worker instance), jobs
-  left pending by an instance that died are claimed after `JOBS_CLAIM_IDLE` seconds, and the
-  reader's own process acknowledges a job only after the reader returned. A failed job is
-  put back at the end of the stream until `JOBS_MAX_ATTEMPTS`, then moved to the dead-letter
-  stream with its error. Acknowledged jobs are trimmed from the stream as the writer reads.
+  the project's stream from any program; `qq submit '<json>'` from a shell.
+- `RedisJobs(settings)` is the `Source` that reads the stream through a consumer group: pass it
+  as `Worker(..., source=RedisJobs(settings))`. Each job goes to one consumer (one per worker
+  instance); jobs left pending by an instance that died are claimed after `JOBS_CLAIM_IDLE`
+  seconds; an idle instance waits on a blocking read, so a new job starts at once.
+
+Attempts: a job's attempt counts only runs that started (the worker process records the start
+in Redis before the reader runs). A job that was fetched but never started, because its
+instance stopped or crashed, goes back without an attempt counted. A run that failed, or whose
+worker died after it started, counts one; past `JOBS_MAX_ATTEMPTS` the job moves to the
+dead-letter stream with its error.
 
 A job is acknowledged once (XACK tells whether this call removed it from the pending list):
 if a job was claimed away from a stalled instance and both runs finish, the first to
@@ -18,41 +22,44 @@ reader ran twice.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
+import typer
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .settings import Settings
-from .worker import Summary, Worker
-from .worker.calls import check_context, check_reader, keywords, open_context
-from .worker.child import shorten
+from ..settings import Settings
+from ..worker import Outcome, Source, SourceUnavailable
+from ..worker.child import shorten
+from ..worker.remote import Outage, refuse_password_in_url
+from ..worker.retry import backoff
 
 logger = logging.getLogger(__name__)
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-WARN_EVERY = 10.0  # seconds between two warnings about an unreachable Redis
-DRAIN_POLL = 0.05  # seconds between checks while drain() waits for other consumers' jobs
-DRAIN_GIVE_UP = 120.0  # seconds drain() waits for an unreachable Redis before it stops
 CHUNK = 1000  # jobs per pipeline or script call
-ACKS_IN_FLIGHT = 1  # ack batches one worker process has on the wire at once
+CALLS_IN_FLIGHT = 1  # start or ack batches one worker process has on the wire at once
+OUTAGE_PAUSE = 0.25  # seconds between two tries of an unreachable Redis while fetching
+SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as failed
+BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the socket timeout
+CACHE_PREFIX = re.compile(r"(^|:)cache(:|$)")
 
 
 class JobsError(Exception):
@@ -64,7 +71,7 @@ class JobLost(JobsError):
 
 
 class JobFailed(JobsError):
-    """The reader raised: the job was put back for another attempt or moved to dead letters."""
+    """The job failed: it was put back for another attempt or moved to the dead letters."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,8 @@ class Job:
     """One job as a reader gets it.
 
     `id` stays the same across attempts (use it, or `key`, to make the reader idempotent);
-    `attempt` counts from 1 and includes attempts whose worker died.
+    `attempt` counts from 1 the runs that started, this one included (also those whose
+    worker died); a job fetched but never started does not count.
     """
 
     id: str
@@ -82,7 +90,7 @@ class Job:
 
 
 class Delivery(NamedTuple):
-    """A job as the writer hands it to a worker process: raw, so the parent stays light.
+    """A job as the source hands it to a worker process: raw, so the parent stays light.
 
     It travels as a plain tuple (`tuple(delivery)`, back with `Delivery._make`): pickling a
     NamedTuple costs about 5 us more per job, a tenth of what a no-op job costs in all.
@@ -92,7 +100,7 @@ class Delivery(NamedTuple):
     job_id: str
     key: str
     payload: str  # JSON text, decoded in the worker process
-    attempt: int
+    attempt: int  # the entry's first attempt; the runs of this entry that started add to it
     deliveries: int  # Redis' delivery count when handed out: settle and renew check it
 
 
@@ -107,6 +115,8 @@ class JobStats:
 
 
 # ---- names and connections -----------------------------------------------------------------
+
+
 def stream_name(settings: Settings) -> str:
     """The job stream: JOBS_STREAM, or `<project_name>:jobs`."""
     return settings.jobs_stream or f"{settings.project_name}:jobs"
@@ -120,6 +130,11 @@ def dead_name(stream: str) -> str:
 def acked_name(stream: str) -> str:
     """The stream that records accepted acknowledgements when `record_acks` is on."""
     return f"{stream}:acked"
+
+
+def starts_name(stream: str) -> str:
+    """The hash that counts, per stream entry, the runs that started."""
+    return f"{stream}:starts"
 
 
 def _key_name(stream: str, key: str) -> str:
@@ -138,16 +153,16 @@ def _connection_options(settings: Settings) -> dict[str, Any]:
             f"JOBS_REDIS_URL {settings.jobs_redis_url!r} has scheme {url.scheme!r}: "
             "use redis://host:port/db, rediss://host:port/db or unix:///path"
         )
-    if url.password:
-        raise JobsError(
-            "JOBS_REDIS_URL holds a password: move it to JOBS_PASSWORD, which is kept secret"
-        )
+    try:
+        refuse_password_in_url("JOBS_REDIS_URL", settings.jobs_redis_url, "JOBS_PASSWORD")
+    except ValueError as exc:
+        raise JobsError(str(exc)) from None
     password = settings.jobs_password.get_secret_value() if settings.jobs_password else None
     return {
         "password": password,
         "decode_responses": True,
         "socket_connect_timeout": 2.0,
-        "socket_timeout": 10.0,
+        "socket_timeout": SOCKET_TIMEOUT,
         # No silent resends: a resent script could run twice. Callers retry where it is safe.
         "retry": Retry(NoBackoff(), 0),
     }
@@ -195,51 +210,55 @@ local function bury(d, maxlen, id, m, attempts, err, c)
   if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
   redis.call('XADD', unpack(a))
 end
+-- Put entry `id` back for its next attempt (the runs that started count), or bury it.
+local function back(s, d, t, maxlen, id, m, err, c, maxa)
+  local nexta = tonumber(m['attempt'] or '1') + tonumber(redis.call('HGET', t, id) or '0')
+  redis.call('HDEL', t, id)
+  if nexta > maxa then
+    bury(d, maxlen, id, m, nexta - 1, err, c)
+    return 2
+  end
+  local a = {s, '*', 'job', m['job'] or id, 'payload', m['payload'] or '', 'attempt', nexta}
+  if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
+  if err ~= '' then a[#a + 1] = 'error'; a[#a + 1] = err end
+  redis.call('XADD', unpack(a))
+  return 1
+end
 """
 
-# KEYS: stream, dead. ARGV: group, consumer, count, mode (history|claim|new), cursor,
-# min idle ms, max attempts, dead maxlen. Returns JSON [cursor, pending if no job, jobs]:
-# one bulk string is parsed much faster than nested replies by redis-py's Python parser.
-_FETCH = (
-    _HELPERS
-    + """
-local s, d, g, c = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+# KEYS: stream, starts. ARGV: group, consumer, count, mode (history|claim|new), cursor, min
+# idle ms. Returns JSON [cursor, jobs]: one bulk string is parsed much faster than nested
+# replies by redis-py's Python parser. Fetching counts no attempt: starting a job does.
+_FETCH = """
+local s, t, g, c = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local n, mode, cursor = tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local maxa, maxlen = tonumber(ARGV[7]), ARGV[8]
 local out = {}
 local function deliver(e, deliveries)
   local id = e[1]
-  if not e[2] then redis.call('XACK', s, g, id); return end
-  local m = fieldmap(e[2])
-  local attempt = tonumber(m['attempt'] or '1') + deliveries - 1
-  if attempt > maxa then
-    bury(d, maxlen, id, m, attempt - 1, 'the worker holding it stopped without an outcome ' ..
-         '(attempt ' .. (attempt - 1) .. ' of ' .. maxa .. ')' ..
-         (m['error'] and ('; earlier: ' .. m['error']) or ''), c)
-    redis.call('XACK', s, g, id)
-    return
-  end
-  out[#out + 1] = {id, m['job'] or id, m['key'] or '', m['payload'] or '', attempt, deliveries}
+  if not e[2] then redis.call('XACK', s, g, id); redis.call('HDEL', t, id); return end
+  local m = {}
+  for i = 1, #e[2], 2 do m[e[2][i]] = e[2][i + 1] end
+  out[#out + 1] = {id, m['job'] or id, m['key'] or '', m['payload'] or '',
+                   tonumber(m['attempt'] or '1'), deliveries}
 end
 local function count(id)
-  return redis.call('XPENDING', s, g, id, id, 1)[1][4]
+  local p = redis.call('XPENDING', s, g, id, id, 1)[1]
+  return p and p[4] or 0
 end
 if mode == 'history' then
   local r = redis.call('XREADGROUP', 'GROUP', g, c, 'COUNT', n, 'STREAMS', s, cursor)
   local entries = r and r[1][2] or {}
   for _, e in ipairs(entries) do
     cursor = e[1]
-    if e[2] then deliver(e, count(e[1])) else deliver(e, 0) end
+    deliver(e, count(e[1]))
   end
   if #entries < n then cursor = '' end
-  return cjson.encode({cursor, 0, out})
+  return cjson.encode({cursor, out})
 end
 if mode == 'claim' then
   local r = redis.call('XAUTOCLAIM', s, g, c, ARGV[6], cursor, 'COUNT', n)
   cursor = r[1]
-  for _, e in ipairs(r[2]) do
-    if e[2] then deliver(e, count(e[1])) else deliver(e, 0) end
-  end
+  for _, e in ipairs(r[2]) do deliver(e, count(e[1])) end
   n = n - #r[2]
 end
 local fresh = -1
@@ -256,21 +275,52 @@ if p[1] > 0 then
 elseif fresh == 0 then
   redis.call('XTRIM', s, 'MAXLEN', 0)
 end
-return cjson.encode({cursor, #out == 0 and p[1] or 0, out})
+return cjson.encode({cursor, out})
+"""
+
+# KEYS: stream, dead, starts. ARGV: group, consumer, max attempts, dead maxlen, then one
+# string of space-separated entry, first attempt pairs. Records that each job starts a run;
+# returns one attempt number per job (space-separated), or 0 for a job it moved to the dead
+# letters because its earlier runs used every attempt (their workers died).
+_START = (
+    _HELPERS
+    + """
+local s, d, t, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
+local maxa, maxlen = tonumber(ARGV[3]), ARGV[4]
+local words = {}
+for w in string.gmatch(ARGV[5], '%S+') do words[#words + 1] = w end
+local out = {}
+for i = 1, #words, 2 do
+  local id = words[i]
+  local attempt = tonumber(words[i + 1]) - 1 + redis.call('HINCRBY', t, id, 1)
+  if attempt > maxa then
+    local e = redis.call('XRANGE', s, id, id)[1]
+    local m = fieldmap(e and e[2])
+    bury(d, maxlen, id, m, attempt - 1, 'the worker holding it stopped without an outcome ' ..
+         '(attempt ' .. (attempt - 1) .. ' of ' .. maxa .. ')' ..
+         (m['error'] and ('; earlier: ' .. m['error']) or ''), c)
+    redis.call('XACK', s, g, id)
+    redis.call('HDEL', t, id)
+    attempt = 0
+  end
+  out[#out + 1] = attempt
+end
+return table.concat(out, ' ')
 """
 )
 
-# KEYS: stream, acked. ARGV: group, consumer, record (1|0), maxlen, and one string of
+# KEYS: stream, acked, starts. ARGV: group, consumer, record (1|0), maxlen, and one string of
 # space-separated entry, deliveries, job id triples. Returns one character per job:
 # 1 (acknowledged now) or 0 (acknowledged before, by a consumer that claimed it).
 _ACK = """
-local s, a, g, c = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local s, a, t, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
 local words = {}
 for w in string.gmatch(ARGV[5], '%S+') do words[#words + 1] = w end
 local out = {}
 for i = 1, #words, 3 do
   local id = words[i]
   if redis.call('XACK', s, g, id) == 1 then
+    redis.call('HDEL', t, id)
     if ARGV[3] == '1' then
       redis.call('XADD', a, 'MAXLEN', '~', ARGV[4], '*', 'job', words[i + 2], 'entry', id,
                  'consumer', c, 'deliveries', words[i + 1])
@@ -283,28 +333,43 @@ end
 return table.concat(out)
 """
 
-# KEYS: stream, dead. ARGV: group, consumer, entry, deliveries, next attempt, max attempts,
-# error, dead maxlen. Puts the job back as a new entry (or buries it) and acknowledges the old
-# one. Returns 0 (not held any more), 1 (put back) or 2 (moved to the dead letters).
+# KEYS: stream, dead, starts. ARGV: group, consumer, entry, deliveries, error, max attempts,
+# dead maxlen. Puts a job this consumer holds back for its next attempt (or buries it) and
+# acknowledges the old entry. Returns 0 (not held any more), 1 (put back) or 2 (buried).
 _SETTLE = (
     _HELPERS
     + """
-local s, d, g, c, id = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
-local nexta, maxa, err = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local s, d, t, g, c, id = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3]
 if not holds(s, g, c, id, ARGV[4]) then return 0 end
 local e = redis.call('XRANGE', s, id, id)[1]
-local m = fieldmap(e and e[2])
 redis.call('XACK', s, g, id)
-if not e then return 0 end
-if nexta > maxa then
-  bury(d, ARGV[8], id, m, nexta - 1, err, c)
-  return 2
+if not e then redis.call('HDEL', t, id); return 0 end
+return back(s, d, t, ARGV[7], id, fieldmap(e[2]), ARGV[5], c, tonumber(ARGV[6]))
+"""
+)
+
+# KEYS: stream, dead, starts. ARGV: group, consumer, count, error, max attempts, dead maxlen.
+# Puts back up to `count` jobs this consumer still holds once all its items were settled:
+# fetched and never started (no attempt counted), or lost with their worker (one counted).
+# Returns how many it handled.
+_RELEASE = (
+    _HELPERS
+    + """
+local s, d, t, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
+local held = redis.call('XPENDING', s, g, '-', '+', tonumber(ARGV[3]), c)
+for _, p in ipairs(held) do
+  local id = p[1]
+  local e = redis.call('XRANGE', s, id, id)[1]
+  redis.call('XACK', s, g, id)
+  if e then
+    local err = ''
+    if tonumber(redis.call('HGET', t, id) or '0') > 0 then err = ARGV[4] end
+    back(s, d, t, ARGV[6], id, fieldmap(e[2]), err, c, tonumber(ARGV[5]))
+  else
+    redis.call('HDEL', t, id)
+  end
 end
-local a = {s, '*', 'job', m['job'] or id, 'payload', m['payload'] or '', 'attempt', nexta}
-if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
-if err ~= '' then a[#a + 1] = 'error'; a[#a + 1] = err end
-redis.call('XADD', unpack(a))
-return 1
+return #held
 """
 )
 
@@ -454,50 +519,50 @@ def submit_many(
             jobs.close()
 
 
-# ---- the source, in the parent process -------------------------------------------------------
-class _Warner:
-    """Logs an unreachable Redis at most once every WARN_EVERY seconds; tracks the outage."""
+# ---- the source: fetching and leases in the parent ------------------------------------------
+@dataclass
+class _Session:
+    """What a worker process holds for the source: its Redis client and call batchers."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.down_since: float | None = None
-        self.warned = -WARN_EVERY
-
-    def failed(self, exc: BaseException) -> float:
-        now = time.monotonic()
-        if self.down_since is None:
-            self.down_since = now
-        if now - self.warned >= WARN_EVERY:
-            self.warned = now
-            logger.warning("%s: Redis unreachable, retrying: %r", self.where, exc)
-        return now - self.down_since
-
-    def ok(self) -> None:
-        if self.down_since is not None:
-            logger.warning("%s: Redis reachable again", self.where)
-        self.down_since = None
+    starts: _Batcher
+    acks: _Batcher
+    client: aioredis.Redis
+    settle_script: Any
+    attempts: dict[str, int] = field(default_factory=dict)  # by entry; 0: `begin` buried it
 
 
-class JobSource:
-    """The writer side: fetches jobs for one consumer and keeps their leases alive.
+class RedisJobs(Source):
+    """The jobs of one Redis stream (see the module docstring), as a worker's `Source`.
 
-    Each fetch is one script: first the consumer's own pending jobs from an earlier run (when
-    the consumer name is stable), then, every JOBS_CLAIM_IDLE/4 seconds, jobs other consumers
-    left idle for JOBS_CLAIM_IDLE (XAUTOCLAIM), then new jobs (XREADGROUP >). Every job handed
-    out and not yet settled is renewed every JOBS_CLAIM_IDLE/4 seconds, so only the jobs of a
-    dead (or stalled) instance become claimable.
+    In the parent each fetch is one script: first this consumer's own pending jobs from an
+    earlier run (when the consumer name is stable), then, every JOBS_CLAIM_IDLE/4 seconds, jobs
+    other consumers left idle for JOBS_CLAIM_IDLE (XAUTOCLAIM), then new jobs; when there are
+    none, a blocking read waits for the next one. Every job held and not yet settled is renewed
+    every JOBS_CLAIM_IDLE/4 seconds, so only the jobs of a dead (or stalled) instance become
+    claimable. The worker processes record each start and acknowledge each job themselves.
+    `record_acks=True` appends each accepted acknowledgement to `<stream>:acked` (for audits
+    and tests).
     """
 
-    def __init__(self, settings: Settings, consumer: str | None = None) -> None:
+    durable = True
+
+    def __init__(
+        self, settings: Settings, *, consumer: str | None = None, record_acks: bool = False
+    ) -> None:
         self.settings = settings
         self.stream = stream_name(settings)
+        if CACHE_PREFIX.search(self.stream):
+            raise JobsError(
+                f"JOBS_STREAM {self.stream!r} has a 'cache' part: that key space is the cache's"
+            )
         self.dead = dead_name(self.stream)
+        self.starts = starts_name(self.stream)
         self.group = settings.jobs_group
         self.consumer = consumer or settings.jobs_consumer or default_consumer()
+        self.record_acks = record_acks
         _connection_options(settings)  # fail now on a bad URL
         self.interval = settings.jobs_claim_idle / 4
         self.leases: dict[str, int] = {}  # entry -> delivery count, for jobs not yet settled
-        self.returned: list[Delivery] = []  # fetched but never handed to the runtime
         self.draining = False
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -505,89 +570,232 @@ class JobSource:
         self._cursor = "0-0"
         self._next_claim = 0.0
         self._heartbeat: asyncio.Task[None] | None = None
+        self._releasing: asyncio.Task[None] | None = None
+        self._lost_again = False  # a job was lost while `_releasing` ran: run it once more
+        self._fetching = asyncio.Lock()  # a fetch's jobs are leased before anything is released
         self._group_ready = False
-        self._warner = _Warner(f"jobs writer ({self.consumer})")
+        self._joined = False  # this run reached Redis: `close` has jobs to put back
+        self._outage = Outage(f"Redis jobs at {settings.jobs_redis_url} ({self.consumer})")
 
-    def begin(self, *, draining: bool) -> None:
-        """Reset for a new run (drain or serve)."""
-        self.draining = draining
+    def __repr__(self) -> str:
+        return f"RedisJobs(url={self.settings.jobs_redis_url!r}, stream={self.stream!r})"
+
+    # parent
+    async def open(self, *, drain: bool) -> None:
+        """Connect and join the group. A drain that cannot reach Redis within
+        SOURCE_CONNECT_TIMEOUT raises `SourceUnavailable`; serving retries in `fetch`."""
+        self.draining = drain
         self.leases.clear()
-        self.returned.clear()
-        self._history = "0"
-        self._cursor = "0-0"
-        self._next_claim = 0.0
-
-    async def writer(self, desired: int) -> AsyncIterator[tuple[Any, ...]]:
-        """The worker's writer: yield up to `desired` jobs for this consumer, as tuples."""
-        batch = await self._fetch(desired)
-        for delivery in batch:  # leased before the first yield: a fast ack must find its lease
-            self.leases[delivery.entry] = delivery.deliveries
-        handed = 0
-        try:
-            for delivery in batch:
-                yield tuple(delivery)
-                handed += 1
-        finally:
-            for delivery in batch[handed:]:  # the run stopped mid-batch: give these back
-                self.leases.pop(delivery.entry, None)
-                self.returned.append(delivery)
-
-    async def _fetch(self, desired: int) -> list[Delivery]:
-        settings = self.settings
+        self._history, self._cursor, self._next_claim = "0", "0-0", 0.0
+        self._fetching = asyncio.Lock()  # of this run's event loop
+        self._joined = False
+        deadline = time.monotonic() + self.settings.source_connect_timeout
         while True:
             try:
-                client = await self._open()
-                if self._history is not None:
-                    cursor, _, out = await self._call(client, desired, "history")
-                    self._history = cursor or None
-                    if out or self._history is not None:
-                        self._warner.ok()
-                        return self._deliveries(out)
-                now = time.monotonic()
-                claim = now >= self._next_claim
-                mode = "claim" if claim else "new"
-                cursor, pending, out = await self._call(client, desired, mode)
-                if claim:
-                    self._cursor = cursor
-                    if cursor == "0-0":  # the whole pending list was scanned
-                        self._next_claim = now + self.interval
-                self._warner.ok()
-                if out:
-                    return self._deliveries(out)
-                if not self.draining or self.leases or int(pending) == 0:
-                    return []
-                # drain: nothing of ours runs, but other consumers hold jobs: wait for them
-                # to finish, or for their jobs to become claimable.
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._create_group()
-                continue
+                await self._open()
+                self._outage.ok()
+                return
             except UNREACHABLE as exc:
-                down = self._warner.failed(exc)
-                if not self.draining:
-                    return []
-                if down > DRAIN_GIVE_UP:
-                    raise JobsError(
-                        f"Redis at {settings.jobs_redis_url} unreachable for {down:.0f}s "
-                        f"during drain: {exc!r}"
-                    ) from exc
-            # Poll quickly while draining: the run ends as soon as the last job is settled.
-            await asyncio.sleep(min(settings.empty_queue_sleep_time, DRAIN_POLL))
+                if not drain:
+                    self._outage.failed(exc)  # logged; `fetch` retries
+                    return
+                # A drain logs nothing here: if Redis stays away, its one error line says it.
+                if time.monotonic() >= deadline:
+                    raise self._unavailable(exc) from None
+            await asyncio.sleep(OUTAGE_PAUSE)
+
+    def _unavailable(self, exc: BaseException) -> SourceUnavailable:
+        return SourceUnavailable(
+            f"Redis at {self.settings.jobs_redis_url} (JOBS_REDIS_URL) unreachable for "
+            f"{self.settings.source_connect_timeout:g}s (SOURCE_CONNECT_TIMEOUT): {exc}"
+        )
+
+    async def fetch(self, desired: int, wait: float) -> AsyncIterator[tuple[Any, ...]]:
+        """Yield up to `desired` jobs for this consumer, as tuples (see `Delivery`); with
+        `wait`, block on the stream up to that long for a new job first."""
+        async with self._fetching:
+            batch = await self._fetch(desired, wait)
+            for delivery in batch:  # leased before the first yield: an ack must find its lease
+                self.leases[delivery.entry] = delivery.deliveries
+        for delivery in batch:  # what is not yielded stays pending here: `close` releases it
+            yield tuple(delivery)
+
+    async def _fetch(self, desired: int, wait: float) -> list[Delivery]:
+        try:
+            client = await self._open()
+            if self._history is not None:
+                cursor, out = await self._call(client, desired, "history")
+                self._history = cursor or None
+                if out or self._history is not None:
+                    self._outage.ok()
+                    return self._deliveries(out)
+            now = time.monotonic()
+            claim = now >= self._next_claim
+            cursor, out = await self._call(client, desired, "claim" if claim else "new")
+            if claim:
+                self._cursor = cursor
+                if cursor == "0-0":  # the whole pending list was scanned
+                    self._next_claim = now + self.interval
+            if not out and wait > 0:
+                out = await self._wait_for_new(client, desired, wait)
+            self._outage.ok()
+            return self._deliveries(out)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False  # the stream was deleted: join again next time
+            return []
+        except UNREACHABLE as exc:
+            down = self._outage.failed(exc)
+            self._group_ready = False
+            if self.draining and down > self.settings.source_connect_timeout:
+                raise self._unavailable(exc) from None
+            await asyncio.sleep(min(max(wait, 0.05), OUTAGE_PAUSE))
+            return []
+
+    async def _wait_for_new(self, client: aioredis.Redis, count: int, wait: float) -> list[Any]:
+        """Block up to `wait` seconds for new entries (XREADGROUP BLOCK): no polling."""
+        block = max(1, int(min(wait, BLOCK_MAX) * 1000))
+        reply = await client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=block
+        )
+        rows = []
+        for _, entries in cast(list[tuple[str, list[tuple[str, dict[str, str]]]]], reply or []):
+            for entry, fields in entries:
+                if not fields:
+                    continue
+                job = fields.get("job", entry)
+                rows.append(
+                    [
+                        entry,
+                        job,
+                        fields.get("key", ""),
+                        fields.get("payload", ""),
+                        int(fields.get("attempt", 1)),
+                        1,
+                    ]
+                )
+        return rows
+
+    async def finished(self) -> bool:
+        """True when the group has nothing pending (with any consumer) and nothing new."""
+        try:
+            client = await self._open()
+            pending = await client.xpending(self.stream, self.group)
+            if int(pending["pending"]):
+                return False
+            groups = await client.xinfo_groups(self.stream)
+            group = next((g for g in groups if g["name"] == self.group), None)
+            if group is None:  # the stream was deleted and made again: join it again
+                self._group_ready = False
+                return False
+            if group.get("lag") is not None:
+                return int(group["lag"]) == 0
+            after = f"({group['last-delivered-id']}"
+            return not await client.xrange(self.stream, after, "+", count=1)
+        except UNREACHABLE as exc:
+            if self._outage.failed(exc) > self.settings.source_connect_timeout:
+                raise self._unavailable(exc) from None
+            return False
+
+    def settle(self, item: Any, outcome: Outcome, error: str | None) -> None:
+        """Drop the lease; a job lost with its worker process goes back (or to the dead
+        letters) at once. Jobs that never started go back in `close`."""
+        delivery = Delivery._make(item)
+        self.leases.pop(delivery.entry, None)
+        if outcome is not Outcome.LOST:
+            return
+        if self._releasing is None or self._releasing.done():
+            self._releasing = asyncio.get_running_loop().create_task(self._release_lost())
+        else:  # the running one may have listed the held jobs already: it runs once more
+            self._lost_again = True
+
+    async def _release_lost(self) -> None:
+        """Put back the jobs this consumer holds that are leased to nobody in this instance."""
+        try:
+            while True:
+                self._lost_again = False
+                async with self._fetching:
+                    await self._put_back_unleased()
+                if not self._lost_again:
+                    return
+        except UNREACHABLE as exc:
+            logger.warning("could not put lost jobs back (%r): they return after a claim", exc)
+
+    async def _put_back_unleased(self) -> None:
+        """Put back (or bury) the jobs this consumer holds that no lease here covers."""
+        client = await self._open()
+        held = await client.xpending_range(self.stream, self.group, "-", "+", CHUNK, self.consumer)
+        for row in held:
+            entry = row["message_id"]
+            if entry in self.leases:
+                continue
+            await self._scripts["settle"](
+                keys=[self.stream, self.dead, self.starts],
+                args=[
+                    self.group,
+                    self.consumer,
+                    entry,
+                    row["times_delivered"],
+                    "the worker holding it stopped without an outcome",
+                    self.settings.jobs_max_attempts,
+                    self.settings.jobs_dead_maxlen,
+                ],
+                client=client,
+            )
+
+    async def close(self) -> None:
+        """Put back every job this consumer still holds (none started, or lost with their
+        worker: only those count an attempt), then stop renewing and disconnect."""
+        if self._releasing is not None:
+            await asyncio.wait({self._releasing})
+        try:
+            if self._client is not None and self._joined:
+                released = 0
+                while True:
+                    count = int(
+                        await self._scripts["release"](
+                            keys=[self.stream, self.dead, self.starts],
+                            args=[
+                                self.group,
+                                self.consumer,
+                                CHUNK,
+                                "the worker holding it stopped without an outcome",
+                                self.settings.jobs_max_attempts,
+                                self.settings.jobs_dead_maxlen,
+                            ],
+                            client=self._client,
+                        )
+                    )
+                    released += count
+                    if count < CHUNK:
+                        break
+                if released:
+                    logger.info("put %d unfinished job(s) back in %s", released, self.stream)
+        except (*UNREACHABLE, ResponseError) as exc:
+            logger.warning(
+                "could not put held jobs back (%r): they return after JOBS_CLAIM_IDLE", exc
+            )
+        finally:
+            self.leases.clear()
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                await asyncio.wait({self._heartbeat})
+                self._heartbeat = None
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
 
     async def _call(self, client: aioredis.Redis, count: int, mode: str) -> Any:
-        settings = self.settings
         reply = await self._scripts["fetch"](
-            keys=[self.stream, self.dead],
+            keys=[self.stream, self.starts],
             args=[
                 self.group,
                 self.consumer,
                 count,
                 mode,
                 self._history if mode == "history" else self._cursor,
-                int(settings.jobs_claim_idle * 1000),
-                settings.jobs_max_attempts,
-                settings.jobs_dead_maxlen,
+                int(self.settings.jobs_claim_idle * 1000),
             ],
             client=client,
         )
@@ -604,7 +812,12 @@ class JobSource:
             client = connect_async(self.settings)
             self._scripts = {
                 name: client.register_script(lua)
-                for name, lua in (("fetch", _FETCH), ("renew", _RENEW), ("settle", _SETTLE))
+                for name, lua in (
+                    ("fetch", _FETCH),
+                    ("renew", _RENEW),
+                    ("settle", _SETTLE),
+                    ("release", _RELEASE),
+                )
             }
             self._client = client
             self._heartbeat = asyncio.get_running_loop().create_task(self._renew_forever())
@@ -612,7 +825,7 @@ class JobSource:
         if not self._group_ready:  # again after a failure: Redis may have been down
             await self._create_group()
             await self._forget_old_consumers()
-            self._group_ready = True
+            self._group_ready = self._joined = True
         return self._client
 
     async def _create_group(self) -> None:
@@ -633,14 +846,14 @@ class JobSource:
                 await self._client.xgroup_delconsumer(self.stream, self.group, consumer["name"])
 
     async def _renew_forever(self) -> None:
-        warner = _Warner(f"jobs lease renewal ({self.consumer})")
+        outage = Outage(f"Redis jobs lease renewal ({self.consumer})")
         while True:
             await asyncio.sleep(self.interval)
             try:
                 await self.renew()
-                warner.ok()
+                outage.ok()
             except UNREACHABLE as exc:
-                warner.failed(exc)
+                outage.failed(exc)
 
     async def renew(self) -> None:
         """Reset the idle time of every job this consumer holds and has not settled."""
@@ -660,71 +873,207 @@ class JobSource:
                         entry,
                     )
 
-    async def finish(self, unstarted: Sequence[Delivery]) -> None:
-        """Put jobs that were fetched but never run back in the stream; close the client."""
-        back = [*unstarted, *self.returned]
-        self.returned.clear()
+    # worker processes
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[_Session]:
+        """This process's Redis client, and batchers for starts and acknowledgements."""
+        settings = self.settings
+        client = connect_async(settings)
+        outage = Outage(f"Redis jobs acks ({self.consumer}, pid {os.getpid()})")
+        retrying = partial(_retrying, outage, settings.jobs_claim_idle)
+        start_script = client.register_script(_START)
+        ack_script = client.register_script(_ACK)
+        head = [settings.jobs_group, self.consumer]
+
+        async def send_starts(batch: list[Delivery]) -> list[int]:
+            words = " ".join(f"{d.entry} {d.attempt}" for d in batch)
+            args: list[Any] = [*head, settings.jobs_max_attempts, settings.jobs_dead_maxlen, words]
+            keys = [self.stream, self.dead, self.starts]
+            reply = await retrying(partial(start_script, keys=keys, args=args))
+            return [int(word) for word in str(reply).split()]
+
+        async def send_acks(batch: list[Delivery]) -> list[bool]:
+            words = " ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d in batch)
+            args: list[Any] = [*head, "1" if self.record_acks else "0", settings.jobs_dead_maxlen]
+            args.append(words)
+            keys = [self.stream, acked_name(self.stream), self.starts]
+            reply = await retrying(partial(ack_script, keys=keys, args=args))
+            return [flag == "1" for flag in str(reply)]
+
+        session = _Session(
+            _Batcher(send_starts), _Batcher(send_acks), client, client.register_script(_SETTLE)
+        )
         try:
-            if back and self._client is not None:
-                for delivery in back:
-                    self.leases.pop(delivery.entry, None)
-                    await self._scripts["settle"](
-                        keys=[self.stream, self.dead],
-                        args=[
-                            self.group,
-                            self.consumer,
-                            delivery.entry,
-                            delivery.deliveries,
-                            delivery.attempt,
-                            self.settings.jobs_max_attempts,
-                            "",
-                            self.settings.jobs_dead_maxlen,
-                        ],
-                        client=self._client,
-                    )
-                logger.info("put %d unstarted job(s) back in %s", len(back), self.stream)
-        except UNREACHABLE as exc:
-            logger.warning(
-                "could not put %d unstarted job(s) back (%r): they return after JOBS_CLAIM_IDLE",
-                len(back),
-                exc,
-            )
+            yield session
         finally:
-            await self.close()
+            await session.starts.close()
+            await session.acks.close()
+            await client.aclose()
 
-    async def close(self) -> None:
-        """Stop renewing leases and close the connections."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.wait({self._heartbeat})
-            self._heartbeat = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+    async def begin(self, item: Any, state: _Session) -> Job:
+        """Record that the job starts (its attempt), then decode it for the reader."""
+        delivery = Delivery._make(item)
+        attempt = state.attempts[delivery.entry] = await state.starts(delivery)
+        if attempt == 0:
+            raise JobFailed(
+                f"job {delivery.job_id}: the workers of its earlier runs stopped without an "
+                f"outcome {self.settings.jobs_max_attempts} time(s); moved to the dead letters"
+            )
+        try:
+            payload = json.loads(delivery.payload)
+        except ValueError as exc:
+            raise JobsError(f"payload {shorten(delivery.payload)} is not JSON: {exc}") from None
+        return Job(delivery.job_id, payload, delivery.key or None, attempt)
+
+    async def commit(self, item: Any, state: _Session, error: str | None) -> None:
+        """Acknowledge a job that succeeded; put back (after the retry backoff) or bury one
+        that failed."""
+        delivery = Delivery._make(item)
+        attempt = state.attempts.pop(delivery.entry, delivery.attempt)
+        if attempt == 0:  # `begin` moved it to the dead letters
+            return
+        if error is None:
+            if not await state.acks(delivery):
+                raise JobLost(
+                    f"job {delivery.job_id} was acknowledged by another consumer that claimed "
+                    f"it (JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed without a "
+                    "renewal): this result is not counted"
+                )
+            return
+        settings = self.settings
+        if attempt < settings.jobs_max_attempts:
+            await asyncio.sleep(
+                backoff(attempt, settings.retry_backoff, settings.retry_backoff_max)
+            )
+        args: list[Any] = [
+            settings.jobs_group,
+            self.consumer,
+            delivery.entry,
+            delivery.deliveries,
+            error,
+            settings.jobs_max_attempts,
+            settings.jobs_dead_maxlen,
+        ]
+        keys = [self.stream, self.dead, self.starts]
+        outcome = int(
+            await _retrying(
+                Outage(f"Redis jobs ({self.consumer})"),
+                settings.jobs_claim_idle,
+                partial(state.settle_script, keys=keys, args=args),
+            )
+        )
+        fate = {
+            0: "not put back: another consumer claimed or finished it",
+            1: "put back for another attempt",
+            2: "moved to the dead letters",
+        }[outcome]
+        raise JobFailed(
+            f"job {delivery.job_id} attempt {attempt} of {settings.jobs_max_attempts}: "
+            f"{error}; {fate}"
+        )
+
+    # command line and health
+    def commands(self) -> list[Callable[..., None]]:
+        """`submit` and `stats`."""
+        settings = self.settings
+
+        def submit(
+            payloads: list[str] = typer.Argument(..., help="JSON payloads; '-' reads JSON lines."),  # noqa: B008
+            key: str | None = typer.Option(None, help="Skip the job if this key was submitted."),
+        ) -> None:
+            """Add jobs to the Redis stream; print their ids."""
+            texts: list[str] = []
+            for text in payloads:
+                texts += (
+                    [line for line in sys.stdin.read().splitlines() if line.strip()]
+                    if text == "-"
+                    else [text]
+                )
+            values = []
+            for text in texts:
+                try:
+                    values.append(json.loads(text))
+                except ValueError as exc:
+                    typer.echo(
+                        f"error: payload {text!r} is not JSON ({exc}); quote strings: '\"{text}\"'",
+                        err=True,
+                    )
+                    raise typer.Exit(2) from None
+            if key is not None and len(values) != 1:
+                typer.echo(
+                    f"error: --key {key!r} needs exactly one payload, got {len(values)}", err=True
+                )
+                raise typer.Exit(2)
+            try:
+                with Jobs(settings) as jobs:
+                    ids = jobs.submit_many(values, [key] * len(values))
+            except (JobsError, redis.RedisError) as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            for job_id in ids:
+                typer.echo(
+                    job_id if job_id is not None else f"key {key!r} already submitted: skipped"
+                )
+
+        def stats() -> None:
+            """Print the number of waiting, pending and dead jobs as JSON."""
+            try:
+                with Jobs(settings) as jobs:
+                    counts = jobs.stats()
+            except (JobsError, redis.RedisError) as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            typer.echo(json.dumps(counts.__dict__))
+
+        return [submit, stats]
+
+    def check(self) -> str | None:
+        """A PING to the stream's Redis, with a 2 s limit."""
+        try:
+            with Jobs(self.settings) as jobs:
+                jobs.client.ping()
+        except (JobsError, redis.RedisError) as exc:
+            return f"Redis at {self.settings.jobs_redis_url} (JOBS_REDIS_URL): {exc}"
+        return None
 
 
-# ---- acknowledgements, in each worker process ------------------------------------------------
-class _Acker:
-    """Acknowledges jobs of one worker process in batches: the acks that arrive while a batch
-    is on the wire go out together in the next one (ACKS_IN_FLIGHT batches at a time)."""
+async def _retrying(outage: Outage, limit: float, call: Callable[[], Awaitable[Any]]) -> Any:
+    """Run `call` until Redis answers, for at most `limit` seconds (JOBS_CLAIM_IDLE).
 
-    def __init__(self, settings: Settings, consumer: str, record_acks: bool) -> None:
-        self.settings = settings
-        self.consumer = consumer
-        self.record = "1" if record_acks else "0"
-        self.stream = stream_name(settings)
-        self.client = connect_async(settings)
-        self._ack = self.client.register_script(_ACK)
-        self._settle = self.client.register_script(_SETTLE)
-        self._waiting: list[tuple[Delivery, asyncio.Future[bool]]] = []
+    After that the job is claimable anyway; a repeated script is harmless, as it only acts
+    on a job this consumer still holds.
+    """
+    delay = 0.05
+    while True:
+        try:
+            result = await call()
+        except UNREACHABLE as exc:
+            down = outage.failed(exc)
+            if down > limit:
+                raise JobsError(
+                    f"Redis unreachable for {down:.0f}s: the job runs again once claimed"
+                ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            continue
+        outage.ok()
+        return result
+
+
+class _Batcher:
+    """Sends the requests made while a call is on the wire together in the next call
+    (CALLS_IN_FLIGHT calls at a time): one round trip serves many jobs."""
+
+    def __init__(self, send: Callable[[list[Delivery]], Awaitable[Sequence[Any]]]) -> None:
+        self._send = send
+        self._waiting: list[tuple[Delivery, asyncio.Future[Any]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
-        self._warner = _Warner(f"jobs acks ({consumer}, pid {os.getpid()})")
 
-    async def ack(self, delivery: Delivery) -> bool:
-        """Acknowledge; True if this call counted, False if another consumer acknowledged it."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def __call__(self, delivery: Delivery) -> Any:
+        """Queue `delivery`; return its result once its batch was sent."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((delivery, future))
-        if len(self._flushers) < ACKS_IN_FLIGHT:
+        if len(self._flushers) < CALLS_IN_FLIGHT:
             self._flushers.add(asyncio.get_running_loop().create_task(self._flush()))
         return await future
 
@@ -732,273 +1081,22 @@ class _Acker:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
-                args: list[Any] = [
-                    self.settings.jobs_group,
-                    self.consumer,
-                    self.record,
-                    self.settings.jobs_dead_maxlen,
-                ]
-                args.append(" ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d, _ in batch))
-                keys = [self.stream, acked_name(self.stream)]
                 try:
-                    results = await self._retrying(partial(self._ack, keys=keys, args=args))
+                    results = await self._send([delivery for delivery, _ in batch])
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, future), result in zip(batch, str(results), strict=True):
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
-                        future.set_result(result == "1")
+                        future.set_result(result)
         finally:
             # In the same step that found nothing waiting (a done callback would run later,
-            # and an ack() in between would wait with no flusher to send it).
+            # and a call in between would wait with no flusher to send it).
             self._flushers.discard(cast("asyncio.Task[None]", asyncio.current_task()))
 
-    async def settle(self, delivery: Delivery, next_attempt: int, error: str) -> int:
-        """Put the job back for `next_attempt`, or bury it past the limit: 0, 1 or 2."""
-        settings = self.settings
-        args: list[Any] = [
-            settings.jobs_group,
-            self.consumer,
-            delivery.entry,
-            delivery.deliveries,
-            next_attempt,
-            settings.jobs_max_attempts,
-            error,
-            settings.jobs_dead_maxlen,
-        ]
-        keys = [self.stream, dead_name(self.stream)]
-        return int(await self._retrying(partial(self._settle, keys=keys, args=args)))
-
-    async def _retrying(self, call: Callable[[], Any]) -> Any:
-        """Run `call` until Redis answers, for at most JOBS_CLAIM_IDLE seconds.
-
-        After that the job is claimable anyway; a repeated script is harmless, as it only
-        acts on a job this consumer still holds.
-        """
-        delay = 0.05
-        while True:
-            try:
-                result = await call()
-            except UNREACHABLE as exc:
-                down = self._warner.failed(exc)
-                if down > self.settings.jobs_claim_idle:
-                    raise JobsError(
-                        f"Redis unreachable for {down:.0f}s: could not acknowledge; the job "
-                        "runs again once claimed"
-                    ) from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            self._warner.ok()
-            return result
-
     async def close(self) -> None:
+        """Wait for the batches on the wire."""
         if self._flushers:
             await asyncio.wait(self._flushers)
-        await self.client.aclose()
-
-
-@dataclass
-class ProcessJobs:
-    """The context the worker processes of a `JobsWorker` hold: the user's, and the acker."""
-
-    ctx: Any
-    acker: _Acker
-
-
-# ---- the worker ------------------------------------------------------------------------------
-class JobsWorker(Worker):
-    """A `Worker` that takes its jobs from the Redis stream (see the module docstring).
-
-    `reader(item, ctx, settings)` gets a `Job`; `ctx` is what `context` yields, as usual.
-    Retries go through the stream (`JOBS_MAX_ATTEMPTS`, waiting RETRY_BACKOFF doubling
-    before putting a job back), so the runtime's in-process MAX_RETRIES is set to 0.
-    `record_acks=True` appends each accepted acknowledgement to the `<stream>:acked` stream
-    (for audits and tests).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        reader: Callable[..., Any],
-        context: Callable[..., Any] | None = None,
-        settings: Settings | None = None,
-        *,
-        consumer: str | None = None,
-        record_acks: bool = False,
-    ) -> None:
-        settings = settings if settings is not None else Settings()
-        self.user_reader = reader
-        self.user_context = context
-        self._user_takes = check_reader(reader)
-        check_context(context)
-        self.source = JobSource(settings, consumer)
-        self.record_acks = record_acks
-        self._unstarted: list[Delivery] = []
-        super().__init__(
-            name,
-            reader=self._run_job,
-            writer=self.source.writer,
-            context=self._context,
-            settings=settings.model_copy(update={"max_retries": 0}),
-            finish=self._finish_job,
-        )
-
-    @property
-    def consumer(self) -> str:
-        """This instance's consumer name."""
-        return self.source.consumer
-
-    # parent side
-    async def drain(self, progress: Callable[[int, int], None] | None = None) -> Summary:
-        """Run until the stream has no new job and no consumer holds one; return counts."""
-        self.source.begin(draining=True)
-        self._unstarted = []
-        try:
-            return await super().drain(progress)
-        finally:
-            await self.source.finish(self._unstarted)
-
-    async def main(self) -> None:
-        """Serve until SIGTERM or SIGINT; put the jobs that never started back."""
-        self.source.begin(draining=False)
-        self._unstarted = []
-        try:
-            await super().main()
-        finally:
-            await self.source.finish(self._unstarted)
-
-    def on_success(self, item: Any) -> None:
-        """The job was acknowledged by its worker process."""
-        self.source.leases.pop(Delivery._make(item).entry, None)
-
-    def on_failure(self, item: Any, error: str) -> None:
-        """The job was put back or buried by its process, or is claimed once its lease ends."""
-        delivery = Delivery._make(item)
-        self.source.leases.pop(delivery.entry, None)
-        logger.error("[%s] job %s failed: %s", self.name, delivery.job_id, error)
-
-    def on_unstarted(self, items: list[Any]) -> None:
-        """Remember jobs that never started: `finish` puts them back in the stream."""
-        self._unstarted.extend(map(Delivery._make, items))
-
-    # worker-process side
-    async def _context(self, settings: Settings) -> AsyncIterator[ProcessJobs]:
-        acker = _Acker(settings, self.source.consumer, self.record_acks)
-        try:
-            async with AsyncExitStack() as stack:
-                ctx = await open_context(stack, self.user_context, settings)
-                yield ProcessJobs(ctx, acker)
-        finally:
-            await acker.close()
-
-    async def _run_job(self, item: Any, ctx: ProcessJobs, settings: Settings) -> None:
-        item = Delivery._make(item)
-        try:
-            payload = json.loads(item.payload)
-        except ValueError as exc:
-            raise JobsError(f"payload {shorten(item.payload)} is not JSON: {exc}") from None
-        job = Job(item.job_id, payload, item.key or None, item.attempt)
-        result = self.user_reader(
-            **keywords(self._user_takes, item=job, ctx=ctx.ctx, settings=settings)
-        )
-        if inspect.isawaitable(result):
-            await result
-
-    async def _finish_job(self, item: Any, ctx: ProcessJobs, error: str | None) -> None:
-        """Acknowledge a job that succeeded; put back or bury one that failed."""
-        item = Delivery._make(item)
-        if error is None:
-            if not await ctx.acker.ack(item):
-                raise JobLost(
-                    f"job {item.job_id} was acknowledged by another consumer that claimed it "
-                    f"(JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed without a "
-                    "renewal): this result is not counted"
-                )
-            return
-        settings = self.settings
-        max_attempts = settings.jobs_max_attempts
-        if item.attempt < max_attempts:
-            backoff = settings.retry_backoff * 2 ** (item.attempt - 1)
-            await asyncio.sleep(min(backoff, settings.retry_backoff_max))
-        outcome = await ctx.acker.settle(item, item.attempt + 1, error)
-        fate = {
-            0: "not put back: another consumer claimed or finished it",
-            1: "put back for another attempt",
-            2: "moved to the dead letters",
-        }[outcome]
-        raise JobFailed(
-            f"job {item.job_id} attempt {item.attempt} of {max_attempts}: {error}; {fate}"
-        )
-
-
-# ---- command line ----------------------------------------------------------------------------
-def main(runner: Worker | None = None, argv: Sequence[str] | None = None) -> None:
-    """`submit` and `stats` commands; any other command goes to `runner.cli` (serve, drain).
-
-    `submit '<json>' ['<json>' ...] [--key K]` prints each new job's id; `-` reads one JSON
-    payload per line from stdin. `stats` prints the stream's counts as JSON.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if runner is not None and args[:1] not in (["submit"], ["stats"]):
-        runner.cli(args)
-        return
-    import typer
-
-    app = typer.Typer(add_completion=False, help="Submit jobs to the stream, or count them.")
-
-    @app.command()
-    def submit(
-        payloads: list[str] = typer.Argument(..., help="JSON payloads; '-' reads JSON lines."),  # noqa: B008
-        key: str | None = typer.Option(None, help="Skip the job if this key was submitted."),
-    ) -> None:
-        """Add jobs to the stream; print their ids."""
-        texts: list[str] = []
-        for text in payloads:
-            texts += (
-                [line for line in sys.stdin.read().splitlines() if line.strip()]
-                if text == "-"
-                else [text]
-            )
-        values = []
-        for text in texts:
-            try:
-                values.append(json.loads(text))
-            except ValueError as exc:
-                typer.echo(
-                    f"error: payload {text!r} is not JSON ({exc}); quote strings: '\"{text}\"'",
-                    err=True,
-                )
-                raise typer.Exit(2) from None
-        if key is not None and len(values) != 1:
-            typer.echo(
-                f"error: --key {key!r} needs exactly one payload, got {len(values)}", err=True
-            )
-            raise typer.Exit(2)
-        try:
-            with Jobs() as jobs:
-                ids = jobs.submit_many(values, [key] * len(values))
-        except (JobsError, redis.RedisError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        for job_id in ids:
-            typer.echo(job_id if job_id is not None else f"key {key!r} already submitted: skipped")
-
-    @app.command()
-    def stats() -> None:
-        """Print the number of waiting, pending and dead jobs as JSON."""
-        try:
-            with Jobs() as jobs:
-                counts = jobs.stats()
-        except (JobsError, redis.RedisError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        typer.echo(json.dumps(counts.__dict__))
-
-    app(args=args, prog_name=f"python -m {__spec__.name if __spec__ else __name__}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,23 +1,30 @@
-"""The worker fed by a spool folder: at-least-once processing that survives crashes.
+"""A spool folder as a worker's `Source`: at-least-once processing that survives crashes.
 
-`SpoolWorker` is a `Worker` whose writer claims ready batches from the spool and yields their
-records. A batch is acked once every one of its records succeeded; if one failed, or never
-started because the worker stopped, the batch is nacked and delivered again later (after
-`max_attempts` failures it goes to `dead/`). If the whole worker dies, `recover()` (run
-when the next one starts) returns its claimed batches to ready. Readers see each record at
-least once, so make them idempotent with `item.key`.
+`SpoolSource(settings)` claims ready batches from `SPOOL_ROOT` and hands out their records as
+`SpoolItem`s. A batch is acked once every one of its records succeeded; if one failed, the
+batch is nacked and delivered again later (after `SPOOL_MAX_ATTEMPTS` failures it goes to
+`dead/`); if some never started because the worker stopped, it is released without counting
+an attempt. If the whole worker dies, the
+`recover()` run when the next one opens the source returns its claimed batches to ready.
+Readers see each record at least once, so make them idempotent with `item.key`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import NamedTuple
 
-from .settings import Settings
-from .spool import Batch, Consumer, recover
-from .worker import Worker
+import typer
+
+from ..settings import Settings
+from ..spool import Batch, Consumer, Producer, recover
+from ..worker import Outcome, Source
 
 
 class SpoolItem(NamedTuple):
@@ -36,28 +43,43 @@ class _Claim:
     batch: Batch
     remaining: int
     errors: list[str] = field(default_factory=list)
-    unstarted: int = 0
+    released: bool = False
 
 
-class SpoolSource:
-    """Claims batches for the writer and settles them when all their records have ended."""
+class SpoolSource(Source):
+    """The records of the spool folder `SPOOL_ROOT` (or `root`), batch by batch."""
 
-    def __init__(self, root: str | os.PathLike[str], *, max_attempts: int = 5) -> None:
-        self.root = root
-        self.max_attempts = max_attempts
+    durable = True
+
+    def __init__(self, settings: Settings, root: str | os.PathLike[str] | None = None) -> None:
+        self.settings = settings
+        self.root = Path(root if root is not None else settings.spool_root)
+        self.max_attempts = settings.spool_max_attempts
         self._claims: dict[str, _Claim] = {}
         self._idle: list[Consumer] = []
-        recover(root, max_attempts=max_attempts)  # batches of a worker that died go back
 
-    async def writer(self, desired: int) -> AsyncIterator[SpoolItem]:
-        """Yield the records of newly claimed batches, about `desired` of them."""
+    def __repr__(self) -> str:
+        return f"SpoolSource(root={str(self.root)!r})"
+
+    async def open(self, *, drain: bool) -> None:
+        """Create the folders if needed, and return the batches of dead workers to ready."""
+        recover(self.root, max_attempts=self.max_attempts)
+
+    async def fetch(self, desired: int, wait: float) -> AsyncIterator[SpoolItem]:
+        """Yield the records of newly claimed batches, about `desired` of them (whole
+        batches); if none is ready, wait `wait` seconds first and look once more."""
         given = 0
+        looked_again = wait <= 0
         while given < desired:
             consumer = self._idle.pop() if self._idle else self._consumer()
             batch = consumer.claim(timeout=0)
             if batch is None:
                 self._idle.append(consumer)
-                return
+                if given or looked_again:
+                    return
+                looked_again = True
+                await asyncio.sleep(wait)
+                continue
             claim = _Claim(consumer, batch, remaining=len(batch))
             self._claims[batch.id] = claim
             if not claim.remaining:
@@ -66,26 +88,72 @@ class SpoolSource:
                 yield SpoolItem(batch.id, batch.attempts, position, record.key, record.data)
                 given += 1
 
-    def settle(self, item: SpoolItem, error: str | None = None, *, started: bool = True) -> None:
-        """Record how one item ended; finish its batch when it was the last one.
+    async def finished(self) -> bool:
+        """True when no batch is ready and no live worker holds one (dead ones' go back)."""
+        recover(self.root, max_attempts=self.max_attempts)
+        return not _entries(self.root / "ready") and not _entries(self.root / "claimed")
 
-        The batch is acked if all its records succeeded, nacked (one more failed attempt) if
-        one failed, and released (no attempt counted) if some never started.
+    def settle(self, item: SpoolItem, outcome: Outcome, error: str | None) -> None:
+        """Count the record's outcome; finish its batch when it was the last one.
+
+        The batch is acked if all its records succeeded, nacked (one more failed attempt)
+        if one failed or was lost with its worker process, and released (no attempt
+        counted) if some never started.
         """
         claim = self._claims[item.batch]
         claim.remaining -= 1
-        if error is not None:
+        if outcome is Outcome.FAILED or outcome is Outcome.LOST:
             claim.errors.append(f"{item.key}: {error}")
-        if not started:
-            claim.unstarted += 1
+        elif outcome is Outcome.NOT_STARTED:
+            claim.released = True
         if claim.remaining == 0:
             self._finish(claim)
+
+    async def close(self) -> None:
+        """Release the batches whose records were fetched but not all handed out."""
+        for claim in list(self._claims.values()):
+            del self._claims[claim.batch.id]
+            claim.batch.release()
+            self._idle.append(claim.consumer)
+        for consumer in self._idle:
+            consumer.close()
+        self._idle.clear()
+
+    def commands(self) -> list[Callable[..., None]]:
+        """`submit` (publish one batch) and `stats`."""
+        root, max_attempts = self.root, self.max_attempts
+
+        def submit(
+            records: list[str] = typer.Argument(..., help="Records (text); '-' reads lines."),  # noqa: B008
+        ) -> None:
+            """Publish the records to the spool folder as one batch."""
+            texts: list[str] = []
+            for text in records:
+                texts += sys.stdin.read().splitlines() if text == "-" else [text]
+            with Producer(root, max_records=max(1, len(texts)), max_age=None) as producer:
+                for text in texts:
+                    producer.put(text)
+            typer.echo(f"published {len(texts)} record(s) to {root}")
+
+        def stats() -> None:
+            """Print the number of ready, claimed and dead batches as JSON."""
+            recover(root, max_attempts=max_attempts)
+            counts = {name: len(_entries(root / name)) for name in ("ready", "claimed", "dead")}
+            typer.echo(json.dumps({"root": str(root), **counts}))
+
+        return [submit, stats]
+
+    def check(self) -> str | None:
+        """The spool folder must exist and be writable."""
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            return f"spool folder {str(self.root)!r} (SPOOL_ROOT) is missing or not writable"
+        return None
 
     def _finish(self, claim: _Claim) -> None:
         del self._claims[claim.batch.id]
         if claim.errors:
             claim.batch.nack("; ".join(claim.errors)[:4000])
-        elif claim.unstarted:
+        elif claim.released:
             claim.batch.release()
         else:
             claim.batch.ack()
@@ -95,32 +163,9 @@ class SpoolSource:
         return Consumer(self.root, max_attempts=self.max_attempts)
 
 
-class SpoolWorker(Worker):
-    """A Worker whose items are the records of a spool folder, acked batch by batch."""
-
-    def __init__(
-        self,
-        name: str,
-        reader: Callable[..., Any],
-        root: str | os.PathLike[str],
-        context: Callable[..., Any] | None = None,
-        settings: Settings | None = None,
-        *,
-        max_attempts: int = 5,
-    ) -> None:
-        self.source = SpoolSource(root, max_attempts=max_attempts)
-        super().__init__(name, reader, self.source.writer, context, settings)
-
-    def on_success(self, item: SpoolItem) -> None:
-        """Count the record towards acking its batch."""
-        self.source.settle(item)
-
-    def on_failure(self, item: SpoolItem, error: str) -> None:
-        """Log, and mark its batch for redelivery."""
-        super().on_failure(item, error)
-        self.source.settle(item, error)
-
-    def on_unstarted(self, items: list[SpoolItem]) -> None:
-        """Return their batches to the spool, without counting a failed attempt."""
-        for item in items:
-            self.source.settle(item, started=False)
+def _entries(folder: Path) -> list[str]:
+    """The batch names in one spool folder (none if it does not exist yet)."""
+    try:
+        return [name for name in os.listdir(folder) if not name.startswith(".")]
+    except FileNotFoundError:
+        return []

@@ -5,6 +5,19 @@ Your code lives in `qq.py`; this package runs it. See docs/worker.md.
 
 from .errors import ContextError, SignatureError, WorkerError, WriterError
 from .runner import Worker
+from .source import Outcome, Source, SourceUnavailable
 from .summary import Summary
+from .writer_source import WriterSource
 
-__all__ = ["ContextError", "SignatureError", "Summary", "Worker", "WorkerError", "WriterError"]
+__all__ = [
+    "ContextError",
+    "Outcome",
+    "SignatureError",
+    "Source",
+    "SourceUnavailable",
+    "Summary",
+    "Worker",
+    "WorkerError",
+    "WriterError",
+    "WriterSource",
+]

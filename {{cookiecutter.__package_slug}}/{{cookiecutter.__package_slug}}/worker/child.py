@@ -1,9 +1,10 @@
 """What runs inside each worker process.
 
-A worker process opens the context once, then runs the reader on the items its parent sends,
-at most `concurrency` at a time, and reports one outcome per item. If the plan has a `finish`
-step (a durable source acknowledging the item), it runs after the reader, outside the
-reader's slot: the next item starts while the acknowledgement is on the wire. It never
+A worker process opens the source's session and the context once, then runs the reader on
+the items its parent sends, at most `concurrency` at a time, and reports one outcome per item.
+If the source commits in-process (a durable source acknowledging the item), its `commit` runs
+after the reader, outside the reader's slot: the next item starts while the acknowledgement is
+on the wire. It never
 abandons an item it was sent: on RETIRE it finishes all of them, on STOP (or SIGTERM) it
 finishes the running ones and hands the others back as not started. Then it closes the
 context and exits.
@@ -21,13 +22,15 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import Any
 
 from .calls import keywords, open_context
 from .metrics import Metrics
+from .retry import backoff
+from .source import Source
 from .wire import Frame, FrameReader, Kind, encode
 
 logger = logging.getLogger(__name__)
@@ -45,12 +48,12 @@ class ReaderPlan:
     context: Callable[..., Any] | None
     settings: Any
     concurrency: int
-    window: int  # items the parent hands one process: READ_AHEAD per slot, plus finishing
+    window: int  # items the parent hands one process: READ_AHEAD per slot, plus committing
     max_retries: int
     retry_backoff: float
     retry_backoff_max: float
+    source: Source
     metrics: Metrics | None = None
-    finish: Callable[..., Awaitable[None]] | None = None
 
 
 def shorten(value: Any, limit: int = 200) -> str:
@@ -83,6 +86,7 @@ class _WorkerProcess(asyncio.Protocol):
         self.retiring = False
         self.stopping = False
         self.ctx: Any = None
+        self.state: Any = None  # the source's session
         self.done: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[None] | None = None
 
@@ -92,6 +96,7 @@ class _WorkerProcess(asyncio.Protocol):
         self.closed = loop.create_future()
         async with AsyncExitStack() as stack:
             try:
+                self.state = await stack.enter_async_context(self.plan.source.session())
                 self.ctx = await open_context(stack, self.plan.context, self.plan.settings)
             except Exception as exc:
                 logger.exception("context() failed in %s", _process_name())
@@ -162,6 +167,7 @@ class _WorkerProcess(asyncio.Protocol):
 
     async def _run_item(self, seq: int, payload: bytes) -> None:
         holding = True  # this item holds one of the reader slots
+        source = self.plan.source
         try:
             try:
                 item = pickle.loads(payload)
@@ -170,13 +176,18 @@ class _WorkerProcess(asyncio.Protocol):
                 self._send(encode(Kind.FAILED, seq, 1, f"unpickling failed: {exc!r}".encode()))
                 return
             started = time.perf_counter()
-            attempt, error = await self._read(item)
-            finish = self.plan.finish
-            if finish is not None:
+            attempt, error = 1, None
+            try:
+                given = await source.begin(item, self.state) if source.begins else item
+            except Exception as exc:
+                error = _error_text(exc)
+            else:
+                attempt, error = await self._read(given)
+            if source.commits:
                 holding = False
-                self._reader_done()  # the next item reads while this one finishes
+                self._reader_done()  # the next item reads while this one commits
                 self._send(encode(Kind.READ, seq))  # and the parent may send one more
-                error = await self._finish(finish, item, error)
+                error = await self._commit(source, item, error)
             metrics = self.plan.metrics
             if metrics is not None:  # duration first: whoever sees the outcome sees it
                 metrics.duration.observe(time.perf_counter() - started)
@@ -189,14 +200,12 @@ class _WorkerProcess(asyncio.Protocol):
             if holding:  # after the outcome is queued, so it is sent before the next item runs
                 self._reader_done()
 
-    async def _finish(
-        self, finish: Callable[..., Awaitable[None]], item: Any, error: str | None
-    ) -> str | None:
-        """Run the plan's finish step; return the item's error, or None if it succeeded."""
+    async def _commit(self, source: Source, item: Any, error: str | None) -> str | None:
+        """Run the source's commit; return the item's error, or None if it succeeded."""
         try:
-            await finish(item, self.ctx, error)
+            await source.commit(item, self.state, error)
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"[:2000]
+            return _error_text(exc)
         return error
 
     async def _read(self, item: Any) -> tuple[int, str | None]:
@@ -215,7 +224,7 @@ class _WorkerProcess(asyncio.Protocol):
                     await result
             except Exception as exc:
                 if attempt <= plan.max_retries:
-                    delay = min(plan.retry_backoff * 2 ** (attempt - 1), plan.retry_backoff_max)
+                    delay = backoff(attempt, plan.retry_backoff, plan.retry_backoff_max)
                     logger.warning(
                         "reader failed on %s (attempt %d of %d), retrying in %.2fs: %r",
                         shorten(item),
@@ -229,7 +238,7 @@ class _WorkerProcess(asyncio.Protocol):
                     await asyncio.sleep(delay)
                     continue
                 logger.exception("reader failed on %s after %d attempt(s)", shorten(item), attempt)
-                return attempt, f"{type(exc).__name__}: {exc}"[:2000]
+                return attempt, _error_text(exc)
             return attempt, None
 
     # lifecycle
@@ -259,6 +268,11 @@ class _WorkerProcess(asyncio.Protocol):
         if self.outbox and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.outbox))
         self.outbox.clear()
+
+
+def _error_text(exc: BaseException) -> str:
+    """`Type: message` of an exception, cut to 2,000 characters."""
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 def _process_name() -> str:

@@ -1,4 +1,4 @@
-"""The worker's command line: `python -m <package>.qq [serve|drain|health]`."""
+"""The worker's command line: `python -m <package>.qq [serve|drain|health|<source commands>]`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 
 def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
-    """Parse `argv` and serve or drain; exits the process with the command's status."""
+    """Parse `argv` and run the command; exits the process with the command's status.
+
+    The commands are the runtime's (`serve`, the default, `drain`, `health`) and the ones
+    its source adds (`Source.commands`, e.g. `submit` and `stats`).
+    """
     app = typer.Typer(add_completion=False, help=f"Run the {worker.name} worker.")
 
     @app.command()
@@ -33,7 +37,7 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
 
     @app.command()
     def drain() -> None:
-        """Process until the writer has nothing more; print a JSON summary; exit 1 on failures."""
+        """Process until the source has nothing more; print a JSON summary; exit 1 on failures."""
         with _exit_on_worker_error(), _progress_bar() as progress:
             summary = asyncio.run(worker.drain(progress))
         typer.echo(summary.to_json())
@@ -41,16 +45,21 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
 
     @app.command()
     def health() -> None:
-        """Exit 0 if a running worker answers on its metrics port, else 1 (a HEALTHCHECK)."""
+        """Exit 0 if a running worker answers on its metrics port and its source can be
+        reached, else 1 (a HEALTHCHECK)."""
         settings = worker.settings
         if settings.metrics_port == 0:
             name = f"{settings.model_config.get('env_prefix', '')}METRICS_PORT"
             problem: str | None = f"{name} is 0: the health check needs the metrics server"
         else:
             problem = probe(settings.metrics_host, settings.metrics_port)
+        problem = problem or worker.source.check()
         if problem is not None:
             typer.echo(f"unhealthy: {problem}", err=True)
             raise typer.Exit(1)
+
+    for command in worker.source.commands():
+        app.command()(command)
 
     configure_logging(worker.settings.log_level, worker.settings.log_format)
     args = list(sys.argv[1:] if argv is None else argv) or ["serve"]

@@ -4,69 +4,62 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..settings import Settings
-from .calls import check_context, check_reader, check_writer
-from .child import READ_AHEAD, ReaderPlan, shorten
+from .calls import check_context, check_reader
+from .child import READ_AHEAD, ReaderPlan
+from .errors import SignatureError
 from .metrics import Metrics, create_metrics
+from .source import Source
 from .summary import Summary
-from .supervisor import Hooks, Supervisor
+from .supervisor import Supervisor
+from .writer_source import WriterSource
 
 logger = logging.getLogger(__name__)
 
-# Items per reader slot a process may hold when items have a finish step: READ_AHEAD not read
-# yet (as without one), the rest read and finishing, so acknowledgements go out in batches.
+# Items per reader slot a process may hold when its source commits in-process: READ_AHEAD not read
+# yet (as without commits), the rest read and committing, so acknowledgements go out in batches.
 FINISHING_WINDOW = 16
 
 
 class Worker:
-    """Runs a QuasiQueue writer, reader and context over worker processes.
+    """Runs a reader and context over worker processes, on the items of one source.
 
     Built like `quasiqueue.QuasiQueue(name, reader, writer, context, settings)` and calls the
-    functions the same way, by keyword. `main()` serves until SIGTERM or SIGINT; `drain()` runs
-    until the writer has nothing more and every item has finished, and returns a `Summary`.
-    Subclass it and override `on_success` / `on_failure` / `on_unstarted` to settle items
-    with a durable source; such a source can also pass `finish`, a coroutine function
-    `finish(item, ctx, error)` that each worker process awaits after the reader (`error` is
-    None or the failure's text) to acknowledge the item there. It runs outside the reader's
-    concurrency slot, and if it raises, the item fails with that error.
+    functions the same way, by keyword; or with `source=` (a `Source`: the spool, Redis
+    Streams, your own) in place of the writer. `main()` serves until SIGTERM or SIGINT;
+    `drain()` runs until the source has nothing more and every item has finished, and returns
+    a `Summary`. How each item ended goes to the source (`Source.settle`).
     """
 
     def __init__(
         self,
         name: str,
         reader: Callable[..., Any],
-        writer: Callable[..., Any],
+        writer: Callable[..., Any] | None = None,
         context: Callable[..., Any] | None = None,
         settings: Settings | None = None,
         *,
-        finish: Callable[[Any, Any, str | None], Awaitable[None]] | None = None,
+        source: Source | None = None,
     ) -> None:
         self.name = name
         self.reader = reader
         self.writer = writer
         self.context = context
-        self.finish = finish
         self.settings = settings if settings is not None else Settings()
         self._reader_takes = check_reader(reader)
-        self._writer_takes = check_writer(writer)
         check_context(context)
-
-    def on_success(self, item: Any) -> None:
-        """Called in the parent for each item whose reader succeeded. Does nothing by default."""
-
-    def on_failure(self, item: Any, error: str) -> None:
-        """Called in the parent for each item that failed its last attempt. Logs by default."""
-        logger.error("[%s] item failed: %s: %s", self.name, shorten(item), error)
-
-    def on_unstarted(self, items: list[Any]) -> None:
-        """Called in the parent at shutdown with the queued items that never started.
-
-        Their count is logged in any case; override this to put them back into a durable
-        source. The default does nothing more: a run is at-most-once.
-        """
+        if source is not None and writer is not None:
+            raise SignatureError(f"give a writer or a source, not both (source={source!r})")
+        if source is not None and not isinstance(source, Source):
+            raise SignatureError(f"source must be a Source, got {source!r}")
+        if source is None:
+            if writer is None:
+                raise SignatureError("give a writer (an async generator function) or a source=")
+            source = WriterSource(writer, self.settings)
+        self.source = source
 
     async def main(self) -> None:
         """Serve until SIGTERM or SIGINT, then finish in-flight items and return."""
@@ -82,7 +75,7 @@ class Worker:
         return await self._run(drain=True, progress=progress)
 
     def cli(self, argv: Sequence[str] | None = None) -> None:
-        """Run the command line: `serve` (the default) or `drain`."""
+        """Run the command line: `serve` (the default), `drain`, `health`, and the source's."""
         from .cli import run_cli
 
         run_cli(self, argv)
@@ -96,6 +89,7 @@ class Worker:
     ) -> Supervisor:
         is_async = inspect.iscoroutinefunction(self.reader)
         settings = self.settings
+        source = self.source
         concurrency = settings.concurrent_tasks_per_process if is_async else 1
         plan = ReaderPlan(
             reader=self.reader,
@@ -103,17 +97,14 @@ class Worker:
             context=self.context,
             settings=settings,
             concurrency=concurrency,
-            window=(READ_AHEAD if self.finish is None else FINISHING_WINDOW) * concurrency,
+            window=(FINISHING_WINDOW if source.commits else READ_AHEAD) * concurrency,
             max_retries=settings.max_retries,
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,
             metrics=metrics,
-            finish=self.finish,
+            source=source,
         )
-        hooks = Hooks(self.on_success, self.on_failure, self.on_unstarted)
-        return Supervisor(
-            self.name, self.writer, self._writer_takes, plan, hooks, drain=drain, progress=progress
-        )
+        return Supervisor(self.name, source, plan, drain=drain, progress=progress)
 
     async def _run(
         self, *, drain: bool, progress: Callable[[int, int], None] | None = None

@@ -1,11 +1,11 @@
 """One run of the worker, in the parent process.
 
-The parent asks the writer for items, keeps them in a bounded buffer, and hands each worker
-process at most a small window of items over its own socket. Every item it hands out is
-tracked until that process reports an outcome, so nothing is lost: recycled processes finish
-their items first, items of a crashed process are reported as failed, and at shutdown the
-items that never started are handed back to the caller. Nothing here polls: the parent
-waits on sockets, process sentinels and events.
+The parent fetches items from the source, keeps them in a bounded buffer, and hands each
+worker process at most a small window of items over its own socket. Every item it fetches is
+tracked until it has an outcome, and the source is told each outcome once (`Source.settle`),
+so nothing is lost: recycled processes finish their items first, items of a crashed process
+are settled as lost, and at shutdown the items that never started are settled as not started.
+Nothing here polls: the parent waits on sockets, process sentinels, events and the source.
 """
 
 from __future__ import annotations
@@ -25,18 +25,20 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .calls import keywords
 from .child import CONTEXT_FAILED_EXIT, READ_AHEAD, ReaderPlan, run_worker_process, shorten
-from .errors import ContextError, WriterError
+from .errors import ContextError, WorkerError, WriterError
 from .metrics import serve_metrics
+from .source import Outcome, Source
 from .summary import Summary
 from .wire import Frame, FrameReader, Kind, encode
+from .writer_source import WriterSource
 
 logger = logging.getLogger(__name__)
 
 FORK = multiprocessing.get_context("fork")
 KILL_WAIT = 5.0  # seconds to wait for a killed process to be reaped
 RECENT_LIMIT = 100_000  # items remembered for requeue protection, at most
+DRAIN_RECHECK = 0.05  # seconds a drain waits for work other consumers of a source hold
 
 
 @dataclass(eq=False)
@@ -74,47 +76,40 @@ class _Link(asyncio.Protocol):
         self.supervisor.on_child_gone(self.child)
 
 
-@dataclass
-class Hooks:
-    """Where the supervisor reports how each item ended."""
-
-    on_success: Callable[[Any], None]
-    on_failure: Callable[[Any, str], None]
-    on_unstarted: Callable[[list[Any]], None]
-
-
 class Supervisor:
-    """Runs writer and worker processes until drained, stopped, or a fatal error."""
+    """Runs a source and worker processes until drained, stopped, or a fatal error."""
 
     def __init__(
         self,
         name: str,
-        writer: Callable[..., Any],
-        writer_takes: frozenset[str],
+        source: Source,
         plan: ReaderPlan,
-        hooks: Hooks,
         *,
         drain: bool,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         settings = plan.settings
         self.name = name
-        self.writer = writer
-        self.writer_takes = writer_takes
+        self.source = source
         self.plan = plan
-        self.hooks = hooks
         self.drain = drain
         self.progress = progress  # called with (finished, enqueued) after each outcome
         self.num_processes: int = settings.num_processes
-        self.max_queue_size: int = settings.max_queue_size
         self.block_size: int = settings.lookup_block_size
-        self.refill_at = max(0, self.max_queue_size - self.block_size)
+        self.read_ahead = READ_AHEAD * plan.concurrency  # items a process may hold not read yet
+        if source.durable:  # leases: hold few unstarted items, so other instances get work
+            slots = self.num_processes * plan.concurrency
+            limit = settings.max_unstarted or (READ_AHEAD + 1) * slots
+            self.max_queue_size: int = max(1, limit - self.read_ahead * self.num_processes)
+            self.refill_at = self.max_queue_size // 2
+        else:
+            self.max_queue_size = settings.max_queue_size
+            self.refill_at = max(0, self.max_queue_size - self.block_size)
         self.idle_sleep: float = settings.empty_queue_sleep_time
         self.requeue_window: float = settings.prevent_requeuing_time
         self.graceful_timeout: float = settings.graceful_shutdown_timeout
         self.max_jobs: int = settings.max_jobs_per_process or 0
-        self.window = plan.window  # items one process may hold, finishing ones included
-        self.read_ahead = READ_AHEAD * plan.concurrency  # items it may hold not read yet
+        self.window = plan.window  # items one process may hold, committing ones included
 
         self.loop = asyncio.get_running_loop()
         self.seq = itertools.count(1)
@@ -130,7 +125,7 @@ class Supervisor:
 
         self.room = asyncio.Event()  # the buffer can take a block of items
         self.idle = asyncio.Event()  # no unfinished item
-        self.stopped = asyncio.Event()  # stop asking the writer
+        self.stopped = asyncio.Event()  # stop fetching from the source
         self.all_exited = asyncio.Event()
         self.end: asyncio.Future[None] = self.loop.create_future()
         self.fatal: BaseException | None = None
@@ -144,9 +139,10 @@ class Supervisor:
         if handles_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(signum, self.request_stop, signum)
-        feeder = self.loop.create_task(self._feed())
-        metrics, server = self.plan.metrics, None
+        metrics, server, feeder = self.plan.metrics, None, None
         try:
+            await self.source.open(drain=self.drain)
+            feeder = self.loop.create_task(self._feed())
             if metrics is not None:
                 host, port = self.plan.settings.metrics_host, self.plan.settings.metrics_port
                 server = await serve_metrics(metrics, host, port)
@@ -163,6 +159,7 @@ class Supervisor:
                     for signum in (signal.SIGTERM, signal.SIGINT):
                         self.loop.remove_signal_handler(signum)
                 self._kill_all()
+                await self.source.close()
         if self.fatal is not None:
             raise self.fatal
         return Summary(
@@ -176,7 +173,7 @@ class Supervisor:
         )
 
     def request_stop(self, signum: int | None = None) -> None:
-        """Stop asking the writer and shut down gracefully; a second SIGINT kills at once."""
+        """Stop fetching and shut down gracefully; a second SIGINT kills at once."""
         self.signals += 1
         if self.signals > 1 and signum == signal.SIGINT:
             logger.warning("[%s] second interrupt: killing worker processes now", self.name)
@@ -193,52 +190,59 @@ class Supervisor:
         if not self.end.done():
             self.end.set_result(None)
 
-    # ---- the writer ----------------------------------------------------------------------
+    # ---- the source ----------------------------------------------------------------------
     async def _feed(self) -> None:
+        recheck = False  # a drain found work held elsewhere: wait a little for it
         try:
             while not self.stopped.is_set():
                 while len(self.pending) > self.refill_at:
                     self.room.clear()
                     await self.room.wait()
                 desired = max(1, min(self.block_size, self.max_queue_size - len(self.pending)))
-                if await self._ask_writer(desired):
+                wait = (DRAIN_RECHECK if recheck else 0.0) if self.drain else self.idle_sleep
+                if await self._fetch(desired, wait):
+                    recheck = False
                     continue
-                if self.drain:
-                    if not self.items:
-                        logger.debug("[%s] writer exhausted, everything finished", self.name)
-                        self._finish()
-                        return
+                if not self.drain:
+                    continue
+                if self.items:
                     await self.idle.wait()  # ask once more when everything has finished
+                elif await self.source.finished():
+                    logger.debug("[%s] source finished, everything settled", self.name)
+                    self._finish()
+                    return
                 else:
-                    await _wait(self.stopped, self.idle_sleep)
-        except WriterError as exc:
+                    recheck = True
+        except WorkerError as exc:
             self._finish(exc)
         except Exception as exc:
-            logger.exception("[%s] the writer raised", self.name)
+            what = (
+                "the writer"
+                if isinstance(self.source, WriterSource)
+                else f"{type(self.source).__name__}.fetch()"
+            )
+            logger.exception("[%s] %s raised", self.name, what)
             self._finish(
                 WriterError(
-                    f"the writer raised {type(exc).__name__}: {exc}; fix it, or catch transient "
+                    f"{what} raised {type(exc).__name__}: {exc}; fix it, or catch transient "
                     "errors inside it and yield nothing until the source is back"
                 )
             )
 
-    async def _ask_writer(self, desired: int) -> int:
-        """Call the writer once; return how many new items it gave."""
-        kwargs = keywords(self.writer_takes, desired=desired, settings=self.plan.settings)
-        generator = self.writer(**kwargs)
+    async def _fetch(self, desired: int, wait: float) -> int:
+        """Fetch once from the source; return how many new items it gave."""
+        generator = self.source.fetch(desired, wait)
         new = 0
         try:
             async for item in generator:
-                if item is None or item is False:  # QuasiQueue's "nothing right now"
-                    break
                 new += self._accept(item)
                 while len(self.pending) >= self.max_queue_size and not self.stopped.is_set():
-                    self.room.clear()  # backpressure: pause the writer mid-call
+                    self.room.clear()  # backpressure: pause the source mid-fetch
                     await self.room.wait()
                 if self.stopped.is_set():
                     break
         finally:
-            await generator.aclose()
+            await generator.aclose()  # type: ignore[attr-defined]
         return new
 
     def _accept(self, item: Any) -> int:
@@ -346,20 +350,20 @@ class Supervisor:
         kind = frame.kind
         if kind == Kind.SUCCEEDED:
             self.succeeded += 1
-            item = self._settle(child, frame)
-            try:
-                self.hooks.on_success(item)
-            except Exception:
-                logger.exception("[%s] on_success raised for %s", self.name, shorten(item))
+            self._tell(self._settle(child, frame), Outcome.SUCCEEDED, None)
         elif kind == Kind.FAILED:
             self.failed += 1
             item = self._settle(child, frame)
-            self._report_failure(item, frame.payload.decode(errors="replace"))
+            error = frame.payload.decode(errors="replace")
+            logger.error("[%s] item failed: %s: %s", self.name, shorten(item), error)
+            self._tell(item, Outcome.FAILED, error)
         elif kind == Kind.READ:
             child.finishing.add(frame.seq)
         elif kind == Kind.NOT_STARTED:
             child.outstanding.discard(frame.seq)
-            self.unstarted.append(self.items.pop(frame.seq))
+            item = self.items.pop(frame.seq)
+            self.unstarted.append(item)
+            self._tell(item, Outcome.NOT_STARTED, None)
             self._check_idle()
         elif kind == Kind.READY:
             child.ready = True
@@ -386,11 +390,12 @@ class Supervisor:
         if not self.items:
             self.idle.set()
 
-    def _report_failure(self, item: Any, error: str) -> None:
+    def _tell(self, item: Any, outcome: Outcome, error: str | None) -> None:
+        """Settle one item with the source: the one place every outcome goes."""
         try:
-            self.hooks.on_failure(item, error)
+            self.source.settle(item, outcome, error)
         except Exception:
-            logger.exception("[%s] on_failure raised for %s", self.name, shorten(item))
+            logger.exception("[%s] settling %s raised for %s", self.name, outcome, shorten(item))
 
     def _on_exit(self, child: _Child) -> None:
         self.loop.remove_reader(child.process.sentinel)
@@ -416,7 +421,7 @@ class Supervisor:
             item = self.items.pop(seq)
             error = f"worker process {child.process.name} exited (code {code}) while holding it"
             logger.error("[%s] %s: %s", self.name, shorten(item), error)
-            self._report_failure(item, error)
+            self._tell(item, Outcome.LOST, error)
         child.outstanding.clear()
         child.finishing.clear()
         self._check_idle()
@@ -447,15 +452,18 @@ class Supervisor:
             child.transport.write(data)
 
     # ---- shutdown ------------------------------------------------------------------------
-    async def _shutdown(self, feeder: asyncio.Task[None]) -> None:
+    async def _shutdown(self, feeder: asyncio.Task[None] | None) -> None:
         self.stopped.set()
         self.room.set()
         self.idle.set()
-        feeder.cancel()
-        await asyncio.wait({feeder}, timeout=self.graceful_timeout)
+        if feeder is not None:
+            feeder.cancel()
+            await asyncio.wait({feeder}, timeout=self.graceful_timeout)
         while self.pending:
             seq, _ = self.pending.popleft()
-            self.unstarted.append(self.items.pop(seq))
+            item = self.items.pop(seq)
+            self.unstarted.append(item)
+            self._tell(item, Outcome.NOT_STARTED, None)
         for child in self.children:
             if child.ready:  # a process not ready yet gets STOP when it says READY
                 self._write(child, encode(Kind.STOP))
@@ -472,10 +480,6 @@ class Supervisor:
             logger.warning(
                 "[%s] %d queued item(s) were not started", self.name, len(self.unstarted)
             )
-            try:
-                self.hooks.on_unstarted(list(self.unstarted))
-            except Exception:
-                logger.exception("[%s] on_unstarted raised", self.name)
 
     def _kill_all(self) -> None:
         for child in list(self.children):

@@ -1,0 +1,15 @@
+"""How long to wait before the next attempt of a failed item: one rule for every source."""
+
+from __future__ import annotations
+
+import random
+
+MAX_EXPONENT = 62  # 2 ** 62 seconds is far past any cap; a larger exponent could overflow
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait after failed attempt `attempt` (from 1): `base * 2 ** (attempt - 1)`,
+    capped at `cap`, with full jitter (a uniform draw from zero to that), so that items
+    that failed together do not all retry at the same moment."""
+    exponent = min(max(attempt - 1, 0), MAX_EXPONENT)
+    return random.uniform(0, min(cap, base * float(2**exponent)))
