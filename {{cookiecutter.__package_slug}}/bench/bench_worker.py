@@ -69,6 +69,26 @@ def bench_worker(n: int, cpu_ms: float) -> float:
     return n / summary.seconds
 
 
+def bench_few_slow(n: int, cpu_ms: float) -> tuple[float, float, int]:
+    """`n` items of `cpu_ms` each, run by an async reader that blocks its process while it
+    computes: (our seconds, Pool's seconds, how many of our processes ran an item)."""
+    pids: Any = FORK.SimpleQueue()
+
+    async def reader(item: int) -> None:
+        pids.put(os.getpid())
+        burn(cpu_ms)
+
+    settings = Settings(_env_file=None, num_processes=PROCESSES, log_level="WARNING")
+    worker = Worker("bench", reader=reader, writer=counting_writer(n), settings=settings)
+    summary = asyncio.run(worker.drain())
+    assert summary.succeeded == n, summary
+    used = {pids.get() for _ in range(n)}
+    started = time.perf_counter()
+    with FORK.Pool(PROCESSES) as pool:
+        pool.map(pool_item, [cpu_ms] * n, chunksize=1)
+    return summary.seconds, time.perf_counter() - started, len(used)
+
+
 def stock_runner(reader: Any, writer: Any) -> quasiqueue.QuasiQueue:
     """Stock QuasiQueue with its own defaults (its annotations are narrower than its calls)."""
     return quasiqueue.QuasiQueue(
@@ -171,6 +191,15 @@ def main() -> None:
             f"{ours / stock:.2f}x stock, {ours / pool:.2f}x Pool"
         )
         print(f"{label:<16}{'multiprocessing.Pool imap_unordered':<34}{pool:>10.0f}  1.00x Pool")
+
+    few, slow_ms = 6, 20.0 if args.quick else 100.0
+    ours_s, pool_s, used = bench_few_slow(few, slow_ms)
+    label = f"{few} x {slow_ms:g} ms"
+    print(
+        f"{label:<16}{'this worker, rendered defaults':<34}{few / ours_s:>10.1f}  "
+        f"{pool_s / ours_s:.2f}x Pool, {used} of {PROCESSES} processes used"
+    )
+    print(f"{label:<16}{'multiprocessing.Pool map':<34}{few / pool_s:>10.1f}  1.00x Pool")
 
     idle = 0.55 if args.quick else 3.3  # not a multiple of the poll interval
     print(f"\nafter {idle:g} s with no work: seconds until a new item starts / until SIGTERM exits")

@@ -67,7 +67,9 @@ async def test_retries_with_backoff_then_success(journal: Journal) -> None:
             raise ConnectionError("flaky")
 
     settings = fast_settings(max_retries=2, retry_backoff=0.001, num_processes=1)
-    worker, source = recording_worker(reader=reader, writer=writer_over(range(20)), settings=settings)
+    worker, source = recording_worker(
+        reader=reader, writer=writer_over(range(20)), settings=settings
+    )
     summary = await worker.drain()
 
     assert (summary.succeeded, summary.failed, summary.retried) == (20, 0, 40)
@@ -81,7 +83,9 @@ async def test_after_the_last_retry_the_item_is_reported_failed(journal: Journal
         raise ConnectionError("down")
 
     settings = fast_settings(max_retries=1, retry_backoff=0.001)
-    worker, source = recording_worker(reader=reader, writer=writer_over(range(30)), settings=settings)
+    worker, source = recording_worker(
+        reader=reader, writer=writer_over(range(30)), settings=settings
+    )
     summary = await worker.drain()
 
     assert (summary.succeeded, summary.failed, summary.retried) == (0, 30, 30)
@@ -98,7 +102,9 @@ async def test_a_crashed_process_fails_its_items_and_is_replaced(
         journal.add(item, os.getpid())
 
     settings = fast_settings(concurrent_tasks_per_process=1)
-    worker, source = recording_worker(reader=reader, writer=writer_over(range(100)), settings=settings)
+    worker, source = recording_worker(
+        reader=reader, writer=writer_over(range(100)), settings=settings
+    )
     summary = await worker.drain()
 
     assert summary.enqueued == summary.succeeded + summary.failed == 100
@@ -227,6 +233,6 @@ def test_summary_invariant_holds_in_json() -> None:
     summary = Summary(10, 7, 2, 1, 3, 0, 1.23456)
     assert summary.to_json() == (
         '{"enqueued": 10, "succeeded": 7, "failed": 2, "not_started": 1, "retried": 3, '
-        '"skipped_duplicates": 0, "seconds": 1.235}'
+        '"skipped_duplicates": 0, "seconds": 1.235, "timed_out": 0}'
     )
     assert not summary.ok

@@ -46,9 +46,12 @@ class Settings(QuasiQueueSettings):
     metrics_host: str = "127.0.0.1"
 
     # Retries of a failing reader call, inside the worker process.
-    max_retries: int = Field(default=0, ge=0)
+    max_retries: int = Field(default=0, ge=0, le=1000)
     retry_backoff: float = Field(default=0.5, ge=0)
     retry_backoff_max: float = Field(default=30.0, ge=0)
+    # Seconds one reader call may take; 0: no limit. An async reader is cancelled, a sync
+    # reader's process is killed and replaced; the item fails with a timeout error.
+    reader_timeout: float = Field(default=0.0, ge=0)
 
     # Durable sources (spool, Redis): the most items this instance holds that have not
     # started, its processes' read-ahead (2 per reader slot) included; 0: 3 per reader slot.

@@ -29,14 +29,16 @@ from typing import Any
 
 from .calls import keywords, open_context
 from .metrics import Metrics
-from .retry import backoff
+from .retry import Permanent, ReaderTimeout, RetryAfter, backoff
 from .source import Source
+from .texts import error_text, shorten
 from .wire import Frame, FrameReader, Kind, encode
 
 logger = logging.getLogger(__name__)
 
 CONTEXT_FAILED_EXIT = 3
 READ_AHEAD = 2  # items per reader slot a process holds that it has not started
+CANCEL_GRACE = 1.0  # seconds a timed-out async reader gets to finish cancelling
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,8 @@ class ReaderPlan:
     retry_backoff: float
     retry_backoff_max: float
     source: Source
+    timeout: float = 0.0  # READER_TIMEOUT: seconds one reader call may take; 0: no limit
     metrics: Metrics | None = None
-
-
-def shorten(value: Any, limit: int = 200) -> str:
-    """Return `repr(value)`, cut to `limit` characters for logs and error texts."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
 
 
 def run_worker_process(sock: socket.socket, inherited: list[int], plan: ReaderPlan) -> None:
@@ -87,6 +84,7 @@ class _WorkerProcess(asyncio.Protocol):
         self.stopping = False
         self.ctx: Any = None
         self.state: Any = None  # the source's session
+        self.is_async = inspect.iscoroutinefunction(plan.reader)
         self.done: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[None] | None = None
 
@@ -167,22 +165,20 @@ class _WorkerProcess(asyncio.Protocol):
 
     async def _run_item(self, seq: int, payload: bytes) -> None:
         holding = True  # this item holds one of the reader slots
-        source = self.plan.source
+        reported = False
+        started = time.perf_counter()
         try:
             try:
                 item = pickle.loads(payload)
-            except Exception as exc:
-                logger.exception("item #%d could not be unpickled in %s", seq, _process_name())
-                self._send(encode(Kind.FAILED, seq, 1, f"unpickling failed: {exc!r}".encode()))
+            except BaseException as exc:  # any failure is the item's outcome
+                logger.error("item #%d could not be unpickled in %s", seq, _process_name())
+                self._send(
+                    encode(Kind.FAILED, seq, 1, f"unpickling failed: {error_text(exc)}".encode())
+                )
+                reported = True
                 return
-            started = time.perf_counter()
-            attempt, error = 1, None
-            try:
-                given = await source.begin(item, self.state) if source.begins else item
-            except Exception as exc:
-                error = _error_text(exc)
-            else:
-                attempt, error = await self._read(given)
+            attempt, error, timed_out = await self._attempt(seq, item)
+            source = self.plan.source
             if source.commits:
                 holding = False
                 self._reader_done()  # the next item reads while this one commits
@@ -192,24 +188,56 @@ class _WorkerProcess(asyncio.Protocol):
             if metrics is not None:  # duration first: whoever sees the outcome sees it
                 metrics.duration.observe(time.perf_counter() - started)
                 (metrics.succeeded if error is None else metrics.failed).inc()
+                if timed_out:
+                    metrics.timed_out.inc()
             if error is None:
                 self._send(encode(Kind.SUCCEEDED, seq, attempt))
             else:
-                self._send(encode(Kind.FAILED, seq, attempt, error.encode(errors="replace")))
+                kind = Kind.TIMED_OUT if timed_out else Kind.FAILED
+                self._send(encode(kind, seq, attempt, error.encode(errors="replace")))
+            reported = True
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the item must end with an outcome
+            if not reported:
+                text = error_text(exc)
+                logger.error("item #%d failed in the runtime: %s", seq, text)
+                self._send(encode(Kind.FAILED, seq, 1, text.encode(errors="replace")))
         finally:
             if holding:  # after the outcome is queued, so it is sent before the next item runs
                 self._reader_done()
+
+    async def _attempt(self, seq: int, item: Any) -> tuple[int, str | None, bool]:
+        """Begin and read one item: (attempts made, error or None, whether it timed out)."""
+        source = self.plan.source
+        try:
+            given = await source.begin(item, self.state) if source.begins else item
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # any failure is the item's outcome
+            return 1, error_text(exc), False
+        if self.plan.timeout and not self.is_async:  # the parent times sync readers
+            self._send(encode(Kind.STARTED, seq))
+            self._flush()  # now: the reader is about to block this process
+        return await self._read(given)
 
     async def _commit(self, source: Source, item: Any, error: str | None) -> str | None:
         """Run the source's commit; return the item's error, or None if it succeeded."""
         try:
             await source.commit(item, self.state, error)
-        except Exception as exc:
-            return _error_text(exc)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # any failure is the item's outcome
+            return error_text(exc)
         return error
 
-    async def _read(self, item: Any) -> tuple[int, str | None]:
-        """Run the reader on `item`, retrying as planned: (attempts made, final error or None)."""
+    async def _read(self, item: Any) -> tuple[int, str | None, bool]:
+        """Run the reader on `item`, retrying as planned: (attempts made, final error or None,
+        whether it failed by overrunning READER_TIMEOUT).
+
+        Whatever the reader raises, `BaseException`s included, ends as the item's failure: a
+        `Permanent` error is not retried, a `RetryAfter` sets the wait before the next try.
+        """
         plan = self.plan
         kwargs = keywords(plan.reader_takes, item=item, ctx=self.ctx, settings=plan.settings)
         metrics = plan.metrics
@@ -221,25 +249,40 @@ class _WorkerProcess(asyncio.Protocol):
             try:
                 result = plan.reader(**kwargs)
                 if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                if attempt <= plan.max_retries:
-                    delay = backoff(attempt, plan.retry_backoff, plan.retry_backoff_max)
+                    if plan.timeout:
+                        await _within(result, plan.timeout)
+                    else:
+                        await result
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # every failure is the item's outcome
+                timed_out = isinstance(exc, ReaderTimeout)
+                if attempt <= plan.max_retries and not isinstance(exc, Permanent):
+                    if isinstance(exc, RetryAfter):
+                        delay = exc.seconds
+                    else:
+                        delay = backoff(attempt, plan.retry_backoff, plan.retry_backoff_max)
                     logger.warning(
-                        "reader failed on %s (attempt %d of %d), retrying in %.2fs: %r",
+                        "reader failed on %s (attempt %d of %d), retrying in %.2fs: %s",
                         shorten(item),
                         attempt,
                         plan.max_retries + 1,
                         delay,
-                        exc,
+                        error_text(exc, 500),
                     )
                     if metrics is not None:
                         metrics.retried.inc()
                     await asyncio.sleep(delay)
                     continue
-                logger.exception("reader failed on %s after %d attempt(s)", shorten(item), attempt)
-                return attempt, _error_text(exc)
-            return attempt, None
+                logger.error(
+                    "reader failed on %s after %d attempt(s): %s",
+                    shorten(item),
+                    attempt,
+                    error_text(exc),
+                    exc_info=_safe_exc_info(exc),
+                )
+                return attempt, error_text(exc), timed_out
+            return attempt, None, False
 
     # lifecycle
     def _on_sigterm(self) -> None:
@@ -270,9 +313,30 @@ class _WorkerProcess(asyncio.Protocol):
         self.outbox.clear()
 
 
-def _error_text(exc: BaseException) -> str:
-    """`Type: message` of an exception, cut to 2,000 characters."""
-    return f"{type(exc).__name__}: {exc}"[:2000]
+async def _within(awaitable: Any, seconds: float) -> None:
+    """Await `awaitable`, cancelling it after `seconds`: then raise `ReaderTimeout`.
+
+    A `TimeoutError` the reader raises itself stays its own error.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        await asyncio.wait({task}, timeout=CANCEL_GRACE)  # its cleanup, if it allows one
+        raise ReaderTimeout(f"the reader did not finish within READER_TIMEOUT={seconds:g}s")
+    task.result()
+
+
+def _safe_exc_info(exc: BaseException) -> BaseException | bool:
+    """The exception for a log's traceback, unless formatting it would raise."""
+    try:
+        str(exc)
+    except BaseException:  # a broken __str__ would break the log record
+        return False
+    return exc
 
 
 def _process_name() -> str:

@@ -29,6 +29,7 @@ class Metrics:
     succeeded: Any
     failed: Any
     retried: Any
+    timed_out: Any
     duration: Any
     queue_depth: Any
     restarts: Any
@@ -74,6 +75,9 @@ def create_metrics(prefix: str) -> Metrics:
         succeeded=Counter(f"{name}_items_succeeded", "Items a reader finished.", registry=None),
         failed=Counter(f"{name}_items_failed", "Items that failed their last try.", registry=None),
         retried=Counter(f"{name}_items_retried", "Reader calls tried again.", registry=None),
+        timed_out=Counter(
+            f"{name}_items_timed_out", "Items that overran READER_TIMEOUT.", registry=None
+        ),
         duration=Histogram(
             f"{name}_item_duration_seconds", "Seconds per item, retries included.", registry=None
         ),

@@ -13,3 +13,20 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     that failed together do not all retry at the same moment."""
     exponent = min(max(attempt - 1, 0), MAX_EXPONENT)
     return random.uniform(0, min(cap, base * float(2**exponent)))
+
+
+class Permanent(Exception):
+    """Raise it (or a subclass) from a reader: the item fails at once, without retries."""
+
+
+class RetryAfter(Exception):
+    """Raise it from a reader to retry the item after `seconds` (within MAX_RETRIES), in
+    place of the usual backoff."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"retry after {seconds:g}s")
+        self.seconds = max(0.0, float(seconds))
+
+
+class ReaderTimeout(TimeoutError):
+    """The reader did not finish within READER_TIMEOUT seconds."""

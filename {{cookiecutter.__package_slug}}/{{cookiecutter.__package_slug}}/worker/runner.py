@@ -103,6 +103,7 @@ class Worker:
             retry_backoff_max=settings.retry_backoff_max,
             metrics=metrics,
             source=source,
+            timeout=settings.reader_timeout,
         )
         return Supervisor(self.name, source, plan, drain=drain, progress=progress)
 

@@ -59,8 +59,10 @@ class Source:
         """Yield up to `desired` new items (an async generator).
 
         Yields nothing when there is no work right now; with `wait` > 0 it may block up to
-        `wait` seconds for work to arrive first. The runtime may stop iterating mid-way (the
-        generator is then closed): a source must keep the items it fetched but did not yield.
+        `wait` seconds for work to arrive first (a push), and while it yields nothing new the
+        runtime calls it at most once per `wait` seconds. The runtime may stop iterating
+        mid-way (the generator is then closed): a source must keep the items it fetched but
+        did not yield.
         Items must be picklable: they travel to a worker process.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement fetch()")

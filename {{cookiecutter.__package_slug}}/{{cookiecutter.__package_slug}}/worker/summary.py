@@ -18,6 +18,7 @@ class Summary:
     retried: int
     skipped_duplicates: int
     seconds: float
+    timed_out: int = 0  # of the failed: those that overran READER_TIMEOUT
 
     @property
     def ok(self) -> bool:

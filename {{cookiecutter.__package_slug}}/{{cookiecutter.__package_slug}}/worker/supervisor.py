@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .child import CONTEXT_FAILED_EXIT, READ_AHEAD, ReaderPlan, run_worker_process, shorten
+from .child import CONTEXT_FAILED_EXIT, READ_AHEAD, ReaderPlan, run_worker_process
 from .errors import ContextError, WorkerError, WriterError
 from .metrics import serve_metrics
+from .retry import ReaderTimeout
 from .source import Outcome, Source
 from .summary import Summary
+from .texts import error_text, shorten
 from .wire import Frame, FrameReader, Kind, encode
 from .writer_source import WriterSource
 
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 FORK = multiprocessing.get_context("fork")
 KILL_WAIT = 5.0  # seconds to wait for a killed process to be reaped
+PICKLE = pickle.HIGHEST_PROTOCOL
 RECENT_LIMIT = 100_000  # items remembered for requeue protection, at most
 DRAIN_RECHECK = 0.05  # seconds a drain waits for work other consumers of a source hold
 
@@ -49,7 +52,10 @@ class _Child:
     sock: socket.socket
     transport: asyncio.Transport | None = None
     outstanding: set[int] = field(default_factory=set)
-    finishing: set[int] = field(default_factory=set)  # read, in their finish step
+    finishing: set[int] = field(default_factory=set)  # read, in their commit step
+    running: int | None = None  # the item its sync reader started (with READER_TIMEOUT)
+    overran: int | None = None  # the item whose sync reader overran: the process was killed
+    deadline: asyncio.TimerHandle | None = None
     sent: int = 0
     ready: bool = False
     retiring: bool = False
@@ -122,6 +128,7 @@ class Supervisor:
         self.turn = 0  # which worker process is offered items first
         self.unstarted: list[Any] = []
         self.enqueued = self.succeeded = self.failed = self.retried = self.skipped = 0
+        self.timed_out = 0
 
         self.room = asyncio.Event()  # the buffer can take a block of items
         self.idle = asyncio.Event()  # no unfinished item
@@ -168,6 +175,7 @@ class Supervisor:
             failed=self.failed,
             not_started=len(self.unstarted),
             retried=self.retried,
+            timed_out=self.timed_out,
             skipped_duplicates=self.skipped,
             seconds=time.perf_counter() - started,
         )
@@ -200,9 +208,13 @@ class Supervisor:
                     await self.room.wait()
                 desired = max(1, min(self.block_size, self.max_queue_size - len(self.pending)))
                 wait = (DRAIN_RECHECK if recheck else 0.0) if self.drain else self.idle_sleep
+                asked = self.loop.time()
                 if await self._fetch(desired, wait):
                     recheck = False
                     continue
+                # Nothing new: fetch again after `wait` at the soonest, whether the source
+                # waited (a blocking read) or not (a writer, or only duplicates).
+                await _wait(self.stopped, asked + wait - self.loop.time())
                 if not self.drain:
                     continue
                 if self.items:
@@ -222,12 +234,12 @@ class Supervisor:
                 else f"{type(self.source).__name__}.fetch()"
             )
             logger.exception("[%s] %s raised", self.name, what)
-            self._finish(
-                WriterError(
-                    f"{what} raised {type(exc).__name__}: {exc}; fix it, or catch transient "
-                    "errors inside it and yield nothing until the source is back"
-                )
+            error = WriterError(
+                f"{what} raised {error_text(exc)}; fix it, or catch transient errors inside "
+                "it and yield nothing until the source is back"
             )
+            error.__cause__ = exc  # code written for QuasiQueue can reach the original
+            self._finish(error)
 
     async def _fetch(self, desired: int, wait: float) -> int:
         """Fetch once from the source; return how many new items it gave."""
@@ -247,7 +259,7 @@ class Supervisor:
 
     def _accept(self, item: Any) -> int:
         try:
-            payload = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(item, PICKLE)
         except Exception as exc:
             raise WriterError(
                 f"the writer yielded {shorten(item)} of type {type(item).__name__}, which cannot "
@@ -305,25 +317,34 @@ class Supervisor:
         assert isinstance(transport, asyncio.Transport)
         child.transport = transport
 
+    def _free(self, child: _Child) -> int:
+        """How many more items `child` may take now (0 if it is not taking any)."""
+        if not child.ready or child.retiring or child.transport is None:
+            return 0
+        held = len(child.outstanding)
+        free = min(self.read_ahead - (held - len(child.finishing)), self.window - held)
+        if self.max_jobs:
+            free = min(free, self.max_jobs - child.sent)
+        return max(free, 0)
+
     def _dispatch(self) -> None:
         pending = self.pending
-        if self.stopped.is_set():
+        if self.stopped.is_set() or not pending:
+            self._note_room()
             return
         children = self.children
         self.turn = (self.turn + 1) % len(children) if children else 0
-        for child in children[self.turn :] + children[: self.turn]:  # take turns going first
+        order = children[self.turn :] + children[: self.turn]  # take turns going first
+        free = {child: self._free(child) for child in order}
+        if len(pending) < sum(free.values()):
+            free = self._spread(order, free, len(pending))
+        for child in order:
             if not pending:
                 break
-            if not child.ready or child.retiring or child.transport is None:
-                continue
-            held = len(child.outstanding)
-            free = min(self.read_ahead - (held - len(child.finishing)), self.window - held)
-            if self.max_jobs:
-                free = min(free, self.max_jobs - child.sent)
-            if free <= 0:
+            if free[child] <= 0:
                 continue
             frames = []
-            for _ in range(min(free, len(pending))):
+            for _ in range(min(free[child], len(pending))):
                 seq, payload = pending.popleft()
                 frames.append(encode(Kind.ITEM, seq, 0, payload))
                 child.outstanding.add(seq)
@@ -334,11 +355,34 @@ class Supervisor:
                 if not self.stopped.is_set():
                     self._spawn()
                     self._count_restart()
+            assert child.transport is not None
             child.transport.write(b"".join(frames))
-        if len(pending) <= self.refill_at:
+        self._note_room()
+
+    @staticmethod
+    def _spread(order: list[_Child], free: dict[_Child, int], count: int) -> dict[_Child, int]:
+        """How many of `count` items each process gets when there are fewer than room: one at
+        a time to the least loaded, counting the processes still starting (their share waits
+        for them), so a few slow items do not all queue in one process."""
+        starting = [c for c in order if not (c.ready or c.retiring or c.exited)]
+        takers = [c for c in order if free[c] > 0] + starting
+        load = {c: len(c.outstanding) for c in takers}
+        given = dict.fromkeys(order, 0)
+        for _ in range(count):
+            open_ = [c for c in takers if c in starting or given[c] < free[c]]
+            if not open_:
+                break
+            child = min(open_, key=lambda c: load[c])
+            load[child] += 1
+            if child not in starting:
+                given[child] += 1
+        return given
+
+    def _note_room(self) -> None:
+        if len(self.pending) <= self.refill_at:
             self.room.set()
         if self.plan.metrics is not None:
-            self.plan.metrics.queue_depth.set(len(pending))
+            self.plan.metrics.queue_depth.set(len(self.pending))
 
     def on_frames(self, child: _Child, frames: list[Frame]) -> None:
         """Handle the frames a worker process sent, then hand out items once for all."""
@@ -351,12 +395,18 @@ class Supervisor:
         if kind == Kind.SUCCEEDED:
             self.succeeded += 1
             self._tell(self._settle(child, frame), Outcome.SUCCEEDED, None)
-        elif kind == Kind.FAILED:
+        elif kind == Kind.FAILED or kind == Kind.TIMED_OUT:
             self.failed += 1
+            self.timed_out += kind == Kind.TIMED_OUT
             item = self._settle(child, frame)
             error = frame.payload.decode(errors="replace")
             logger.error("[%s] item failed: %s: %s", self.name, shorten(item), error)
             self._tell(item, Outcome.FAILED, error)
+        elif kind == Kind.STARTED:
+            child.running = frame.seq
+            child.deadline = self.loop.call_later(
+                self.plan.timeout, self._overrun, child, frame.seq
+            )
         elif kind == Kind.READ:
             child.finishing.add(frame.seq)
         elif kind == Kind.NOT_STARTED:
@@ -378,6 +428,9 @@ class Supervisor:
     def _settle(self, child: _Child, frame: Frame) -> Any:
         child.outstanding.discard(frame.seq)
         child.finishing.discard(frame.seq)
+        if child.running == frame.seq and child.deadline is not None:
+            child.deadline.cancel()
+            child.running = child.deadline = None
         self.retried += max(0, frame.attempts - 1)
         item = self.items.pop(frame.seq)
         self._check_idle()
@@ -397,6 +450,20 @@ class Supervisor:
         except Exception:
             logger.exception("[%s] settling %s raised for %s", self.name, outcome, shorten(item))
 
+    def _overrun(self, child: _Child, seq: int) -> None:
+        """A sync reader overran READER_TIMEOUT: kill its process (it is replaced)."""
+        if child.running != seq or seq not in child.outstanding or child.exited:
+            return
+        child.overran = seq
+        logger.error(
+            "[%s] %s: the reader overran READER_TIMEOUT=%gs on %s: killing the process",
+            self.name,
+            child.process.name,
+            self.plan.timeout,
+            shorten(self.items.get(seq)),
+        )
+        child.process.kill()
+
     def _on_exit(self, child: _Child) -> None:
         self.loop.remove_reader(child.process.sentinel)
         child.process.join()
@@ -414,7 +481,15 @@ class Supervisor:
         metrics = self.plan.metrics
         if metrics is not None and child.process.pid is not None:
             metrics.process_exited(child.process.pid)
+        if child.deadline is not None:
+            child.deadline.cancel()
+        if child.overran is not None:
+            self._time_out(child, child.overran)
         for seq in sorted(child.outstanding):
+            if child.overran is not None and seq not in child.finishing:
+                # Its sync reader ran only the item that overran: these never started.
+                self.pending.appendleft((seq, pickle.dumps(self.items[seq], PICKLE)))
+                continue
             self.failed += 1
             if metrics is not None:
                 metrics.failed.inc()
@@ -430,6 +505,10 @@ class Supervisor:
         if self.stopped.is_set() or child.retiring:
             self._dispatch()
             return
+        if child.overran is not None:
+            self._spawn()
+            self._count_restart()
+            return
         if code == CONTEXT_FAILED_EXIT or not child.ready:
             self._finish(
                 ContextError(
@@ -442,6 +521,22 @@ class Supervisor:
         logger.error("[%s] %s exited with code %s: replacing it", self.name, name, code)
         self._spawn()
         self._count_restart()
+
+    def _time_out(self, child: _Child, seq: int) -> None:
+        """Settle the item whose sync reader overran as failed by a timeout."""
+        child.outstanding.discard(seq)
+        child.finishing.discard(seq)
+        self.failed += 1
+        self.timed_out += 1
+        if self.plan.metrics is not None:
+            self.plan.metrics.failed.inc()
+            self.plan.metrics.timed_out.inc()
+        item = self.items.pop(seq)
+        error = error_text(
+            ReaderTimeout(f"the reader did not finish within READER_TIMEOUT={self.plan.timeout:g}s")
+        )
+        logger.error("[%s] item failed: %s: %s", self.name, shorten(item), error)
+        self._tell(item, Outcome.FAILED, error)
 
     def _count_restart(self) -> None:
         if self.plan.metrics is not None:
@@ -495,7 +590,7 @@ def _signame(signum: int) -> str:
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
     """Wait for `event` at most `seconds`; return whether it is set."""
-    if not event.is_set():
+    if not event.is_set() and seconds > 0:
         waiter = asyncio.ensure_future(event.wait())
         await asyncio.wait({waiter}, timeout=seconds)
         waiter.cancel()

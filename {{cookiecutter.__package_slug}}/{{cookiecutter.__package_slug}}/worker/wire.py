@@ -26,7 +26,9 @@ class Kind(enum.IntEnum):
     FAILED = 12  # payload: the error text
     NOT_STARTED = 13  # handed back at STOP
     CONTEXT_FAILED = 14  # payload: the error text; the process exits
-    READ = 15  # with a finish step: the reader is done with this item, its finish step runs
+    READ = 15  # with a commit step: the reader is done with this item, its commit runs
+    TIMED_OUT = 16  # FAILED because the reader overran READER_TIMEOUT; payload: the error text
+    STARTED = 17  # a sync reader with READER_TIMEOUT started this item (the parent times it)
 
 
 class Frame(NamedTuple):
