@@ -1,18 +1,24 @@
-"""Jobs/s through a Redis stream with 1 and 2 worker instances, against the in-process writer.
+"""Jobs/s through a Redis stream with 1 and 2 worker instances, against the in-process writer,
+and how soon an idle instance starts a new job.
 
 `python bench/bench_jobs.py [--quick]`. Starts its own redis-server on a free loopback port
 (stopped by PID at the end). Every instance has 2 worker processes; an instance is a forked
-process running `JobsWorker.drain()`, as a replica on another machine would. Jobs are
+process running `Worker(..., source=RedisJobs(...)).drain()`, as a replica on another
+machine would. Jobs are
 submitted before the clock starts; the time runs from starting the instances until every
 one has drained. The in-process baseline is `Worker` with a writer counting from 0, with the
 same reader and settings, measured in the same run; the three runners take turns in every
 round, so a slower spell of the machine hits them alike. All share this machine's cores
 with redis-server, so the ratios are what to compare, not the raw numbers.
 
-Targets: one instance at least 0.8x the in-process writer, two instances faster than one.
-The second is judged only for jobs that wait: two instances of 2 processes on this one
-machine add no cores, so jobs that only compute cannot go faster here, as they would with a
-second machine.
+Targets: one instance at least 0.6x the in-process writer for no-op jobs and 0.8x for the
+others, two instances faster than one. The second is judged only for jobs that wait: two
+instances of 2 processes on this one machine add no cores, so jobs that only compute cannot
+go faster here, as they would with a second machine.
+
+Pick-up: one serving instance, idle (EMPTY_QUEUE_SLEEP_TIME 2 s, so polling would show),
+gets one job at a time; the time from `submit` to the reader's first line, median and p90.
+Target: median under 50 ms.
 """
 
 from __future__ import annotations
@@ -23,32 +29,38 @@ import itertools
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import redis
 
-from {{ cookiecutter.__package_slug }}.jobs import Job, Jobs, JobsWorker
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package, without PYTHONPATH
+
 from {{ cookiecutter.__package_slug }}.settings import Settings
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Job, Jobs, RedisJobs
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 FORK = multiprocessing.get_context("fork")
 PROCESSES = 2
 
 
-def settings_for(port: int, stream: str) -> Settings:
-    return Settings(
-        _env_file=None,
-        num_processes=PROCESSES,
-        log_level="WARNING",
-        jobs_redis_url=f"redis://127.0.0.1:{port}/0",
-        jobs_stream=stream,
-    )
+def settings_for(port: int, stream: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "num_processes": PROCESSES,
+        "log_level": "WARNING",
+        "jobs_redis_url": f"redis://127.0.0.1:{port}/0",
+        "jobs_stream": stream,
+    }
+    return Settings(_env_file=None, **(values | overrides))
 
 
 class Workload(NamedTuple):
@@ -102,9 +114,9 @@ def _instance(port: int, stream: str, work: Workload, consumer: str) -> None:
     async def job_reader(item: Job) -> None:
         await reader(item)
 
-    worker = JobsWorker(
-        "bench", reader=job_reader, settings=settings_for(port, stream), consumer=consumer
-    )
+    settings = settings_for(port, stream)
+    source = RedisJobs(settings, consumer=consumer)
+    worker = Worker("bench", job_reader, settings=settings, source=source)
     summary = asyncio.run(worker.drain())
     raise SystemExit(0 if summary.ok else 1)
 
@@ -133,6 +145,49 @@ def bench_redis(n: int, work: Workload, port: int, instances: int, run: int) -> 
         assert (stats.waiting, stats.pending, stats.dead) == (0, 0, 0), stats
         jobs.client.delete(stream, f"{stream}:dead")
     return n / elapsed
+
+
+def _serving_instance(port: int, stream: str, started: Connection) -> None:
+    """Serve until SIGTERM; the reader sends the time each job started to `started`."""
+
+    def reader(item: Job) -> None:
+        started.send((item.payload, time.time()))
+
+    settings = settings_for(port, stream, num_processes=1, empty_queue_sleep_time=2.0)
+    worker = Worker("bench", reader, settings=settings, source=RedisJobs(settings))
+    asyncio.run(worker.main())
+
+
+def bench_pickup(n: int, port: int) -> list[float]:
+    """Seconds from submitting a job to an idle serving instance until its reader starts."""
+    stream = "bench-pickup:jobs"
+    receiver, sender = FORK.Pipe(duplex=False)
+    instance = FORK.Process(target=_serving_instance, args=(port, stream, sender))
+    instance.start()
+    latencies = []
+    try:
+        with Jobs(settings_for(port, stream)) as jobs:
+            jobs.submit("warm-up")
+            assert receiver.poll(60), "the serving instance started no job within 60 s"
+            receiver.recv()
+            for number in range(n):
+                time.sleep(0.1)  # idle again: the instance waits on the stream
+                submitted = time.time()
+                jobs.submit(number)
+                assert receiver.poll(10), f"job {number} did not start within 10 s"
+                payload, began = receiver.recv()
+                assert payload == number, payload
+                latencies.append(began - submitted)
+    finally:
+        if instance.pid is not None:
+            os.kill(instance.pid, signal.SIGTERM)
+        instance.join(30)
+        if instance.exitcode is None:
+            instance.kill()
+            instance.join(10)
+    with Jobs(settings_for(port, stream)) as jobs:
+        jobs.client.delete(stream, f"{stream}:dead")
+    return latencies
 
 
 def bench_submit(n: int, port: int) -> float:
@@ -211,10 +266,13 @@ def main() -> int:
                     print(f"{work.name:<14}{n:>7}  {runner:<26}{rate:>10.0f}{rate / base:>14.2f}x")
                 one = rates["redis, 1 instance"] / base
                 scale = rates["redis, 2 instances"] / rates["redis, 1 instance"]
-                ok_one = one >= 0.8
+                target = 0.6 if work.wait_ms == work.cpu_ms == 0 else 0.8
+                ok_one = one >= target
                 met += ok_one
                 verdict = f"[{'ok' if ok_one else 'MISS'}]"
-                line = f"targets: 1 instance {one:.2f}x (>= 0.80x) {verdict}; 2 / 1 instances"
+                line = (
+                    f"targets: 1 instance {one:.2f}x (>= {target:.2f}x) {verdict}; 2 / 1 instances"
+                )
                 if work.wait_ms:
                     judged += 2
                     met += scale > 1.0
@@ -224,6 +282,16 @@ def main() -> int:
                     print(f"{'':<23}{line} {scale:.2f}x (not judged: compute only, one machine)")
             rate = bench_submit(20_000, port)
             print(f"submit_many: {rate:.0f} jobs/s")
+            count = 5 if args.quick else 50
+            latencies = sorted(bench_pickup(count, port))
+            median = statistics.median(latencies) * 1000
+            p90 = latencies[int(0.9 * (len(latencies) - 1))] * 1000
+            judged += 1
+            met += median < 50
+            print(
+                f"pick-up by an idle instance, {count} jobs: median {median:.1f} ms, "
+                f"p90 {p90:.1f} ms (median < 50 ms) [{'ok' if median < 50 else 'MISS'}]"
+            )
             print(f"{met} of {judged} targets met")
         finally:
             server.kill()

@@ -1,9 +1,13 @@
 """One worker instance for the jobs tests: a separate process standing in for a machine.
 
-`python tests/jobs_instance.py PORT STREAM CONSUMER JOURNAL MODE [options]`; MODE is `serve`
-(until SIGTERM) or `drain` (prints the JSON summary, exits 0 when every job succeeded).
-Each worker process journals `ready <consumer> <pid>` once its context is open, and the
-reader journals `ran <job id> <consumer> <pid>` before it works for `--work-ms`.
+`python tests/jobs_instance.py PORT STREAM CONSUMER JOURNAL COMMAND [options]` runs
+`Worker(..., source=RedisJobs(...)).cli([COMMAND])`: `serve` (until SIGTERM), `drain` (prints
+the JSON summary, exits 0 when every job succeeded, 2 when Redis cannot be reached) or
+`health`. Each worker process journals `ready <consumer> <pid>` once its context is open;
+`begin <job id> <consumer> <pid>` before the start of a job is recorded in Redis (so the
+journal never counts fewer starts than Redis), `buried <job id> ...` when that start found
+every attempt used; the reader journals `ran <job id> <consumer> <pid> <attempt> <time>`
+before it works for `--work-ms`.
 """
 
 from __future__ import annotations
@@ -12,32 +16,65 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import Journal, fast_settings
 
-from {{ cookiecutter.__package_slug }}.jobs import Job, JobsWorker
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
+    Delivery,
+    Job,
+    JobFailed,
+    RedisJobs,
+)
+from {{ cookiecutter.__package_slug }}.worker import Worker
 
 
-def main() -> int:
+class JournaledJobs(RedisJobs):
+    """`RedisJobs` that journals each start before recording it in Redis."""
+
+    def __init__(self, journal: Journal, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.journal = journal
+
+    async def begin(self, item: Any, state: Any) -> Job:
+        job_id = Delivery._make(item).job_id
+        self.journal.add("begin", job_id, self.consumer, os.getpid())
+        try:
+            return await super().begin(item, state)
+        except JobFailed:
+            self.journal.add("buried", job_id, self.consumer, os.getpid())
+            raise
+
+
+def main() -> None:
     parser = argparse.ArgumentParser()
-    for name in ("port", "stream", "consumer", "journal", "mode"):
+    for name in ("port", "stream", "consumer", "journal", "command"):
         parser.add_argument(name)
     parser.add_argument("--work-ms", type=float, default=0.0)
     parser.add_argument("--claim-idle", type=float, default=1.5)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=16)
+    parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--idle-sleep", type=float, default=0.05)
+    parser.add_argument("--connect-timeout", type=float, default=10.0)
+    parser.add_argument("--metrics-port", type=int, default=0)
     args = parser.parse_args()
     journal = Journal(Path(args.journal))
     settings = fast_settings(
         jobs_redis_url=f"redis://127.0.0.1:{args.port}/0",
         jobs_stream=args.stream,
         jobs_claim_idle=args.claim_idle,
+        jobs_max_attempts=args.max_attempts,
         num_processes=args.processes,
         concurrent_tasks_per_process=args.tasks,
+        empty_queue_sleep_time=args.idle_sleep,
+        source_connect_timeout=args.connect_timeout,
+        metrics_port=args.metrics_port,
         retry_backoff=0.01,
     )
 
@@ -46,25 +83,14 @@ def main() -> int:
         yield None
 
     async def reader(item: Job) -> None:
-        journal.add("ran", item.id, args.consumer, os.getpid())
+        journal.add("ran", item.id, args.consumer, os.getpid(), item.attempt, time.time())
         if args.work_ms:
             await asyncio.sleep(args.work_ms / 1000)
 
-    worker = JobsWorker(
-        "instance",
-        reader=reader,
-        context=context,
-        settings=settings,
-        consumer=args.consumer,
-        record_acks=True,
-    )
-    if args.mode == "serve":
-        asyncio.run(worker.main())
-        return 0
-    summary = asyncio.run(worker.drain())
-    print(summary.to_json(), flush=True)
-    return 0 if summary.ok else 1
+    source = JournaledJobs(journal, settings, consumer=args.consumer, record_acks=True)
+    worker = Worker("instance", reader, context=context, settings=settings, source=source)
+    worker.cli([args.command])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -84,6 +84,29 @@ async def test_clearing_one_namespace_keeps_the_other(redis: Server) -> None:
         assert await one.get("k") is None
         assert await two.get("k") == "from two"
 
+{%- if cookiecutter.include_redis_jobs %}
+
+
+async def test_clearing_the_cache_keeps_the_jobs_in_the_same_database(redis: Server) -> None:
+    from {{ cookiecutter.__package_slug }}.sources import redis_jobs
+
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    # Default names: the cache namespace and the job stream both start with the package name.
+    settings = cache_settings(url, jobs_redis_url=url)
+    stream = redis_jobs.stream_name(settings)
+    with redis_jobs.Jobs(settings) as jobs:
+        jobs.submit_many(range(5))
+        jobs.client.xgroup_create(stream, settings.jobs_group, id="0")
+        jobs.client.xreadgroup(settings.jobs_group, "c", {stream: ">"}, count=2)
+        async with open_cache(settings) as cache:
+            assert await cache.set("k", "v")
+            assert await cache.clear()
+            assert await cache.get("k") is None
+        assert jobs.stats() == redis_jobs.JobStats(stream, waiting=3, pending=2, dead=0)
+        assert jobs.client.xlen(stream) == 5
+        jobs.client.delete(stream)
+{%- endif %}
+
 
 async def test_memcached_refuses_to_clear_the_whole_server(memcached: Server) -> None:
     async with open_cache(cache_settings(f"memcached://127.0.0.1:{memcached.port}")) as cache:

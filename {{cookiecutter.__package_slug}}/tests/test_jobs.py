@@ -1,4 +1,5 @@
-"""Jobs in a Redis stream against a real redis-server: sharing, claims, dead letters, outages."""
+"""Jobs in a Redis stream against a real redis-server: sharing, claims, dead letters, outages,
+bounded leases and pick-up time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -19,20 +21,21 @@ from typing import Any, cast
 import pytest
 import redis
 from servers import Server, running
-from support import Journal, fast_settings, kill_session
+from support import Journal, fast_settings, free_port, kill_session
 
-from {{ cookiecutter.__package_slug }} import jobs as jobs_module
-from {{ cookiecutter.__package_slug }}.jobs import (
+from {{ cookiecutter.__package_slug }}.settings import Settings
+from {{ cookiecutter.__package_slug }}.sources import redis_jobs as jobs_module
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
     Delivery,
     Job,
+    JobLost,
     Jobs,
     JobsError,
-    JobSource,
-    JobsWorker,
+    RedisJobs,
     acked_name,
     dead_name,
+    starts_name,
 )
-from {{ cookiecutter.__package_slug }}.settings import Settings
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -66,8 +69,16 @@ def client_for(port: int) -> redis.Redis:
     return redis.Redis(port=port, decode_responses=True)
 
 
+def jobs_worker(
+    settings: Settings, reader: Callable[..., Any], consumer: str | None = None
+) -> Worker:
+    """A worker over the stream, recording its acknowledgements."""
+    source = RedisJobs(settings, consumer=consumer, record_acks=True)
+    return Worker("t", reader, settings=settings, source=source)
+
+
 def acks(port: int, stream: str) -> list[dict[str, str]]:
-    """Every accepted acknowledgement (JobsWorker(record_acks=True) records them)."""
+    """Every accepted acknowledgement (RedisJobs(record_acks=True) records them)."""
     with client_for(port) as client:
         return [fields for _, fields in client.xrange(acked_name(stream))]
 
@@ -94,10 +105,10 @@ def instances(port: int, stream: str, journal: Journal) -> Iterator[Callable[...
     """Start worker instances (own sessions); every one still running is killed at the end."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(consumer: str, mode: str, *options: str) -> subprocess.Popen[str]:
-        command = [sys.executable, str(INSTANCE), str(port), stream, consumer, str(journal.path)]
+    def start(consumer: str, command: str, *options: str) -> subprocess.Popen[str]:
+        head = [sys.executable, str(INSTANCE), str(port), stream, consumer, str(journal.path)]
         process = subprocess.Popen(
-            [*command, mode, *options],
+            [*head, command, *options],
             cwd=PROJECT,
             env={**os.environ, "PYTHONPATH": str(PROJECT)},
             stdout=subprocess.PIPE,
@@ -113,7 +124,7 @@ def instances(port: int, stream: str, journal: Journal) -> Iterator[Callable[...
     finally:
         for process in started:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                kill_session(process)
             process.communicate(timeout=10)
 
 
@@ -143,7 +154,9 @@ def test_submit_keys_counts_and_bad_input(server: Server, stream: str) -> None:
     with pytest.raises(JobsError, match="move it to JOBS_PASSWORD"):
         Jobs(settings_for(1, stream, jobs_redis_url="redis://:hunter2@127.0.0.1:1/0"))
     with pytest.raises(JobsError, match="has scheme 'http'"):
-        JobSource(settings_for(1, stream, jobs_redis_url="http://example"))
+        RedisJobs(settings_for(1, stream, jobs_redis_url="http://example"))
+    with pytest.raises(JobsError, match="has a 'cache' part"):
+        RedisJobs(settings_for(1, "shop:cache:jobs"))
 
 
 def test_stats_count_what_waits_whatever_the_stream_still_holds(
@@ -170,13 +183,14 @@ def test_default_stream_is_named_after_the_project() -> None:
 
 
 def test_command_line_submits_and_counts(server: Server, stream: str) -> None:
-    env = {
-        **os.environ,
+    prefix = "{{ cookiecutter.__env_prefix }}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefix)}
+    env |= {
         "PYTHONPATH": str(PROJECT),
-        "{{ cookiecutter.__env_prefix }}JOBS_REDIS_URL": f"redis://127.0.0.1:{server.port}/0",
-        "{{ cookiecutter.__env_prefix }}JOBS_STREAM": stream,
+        f"{prefix}JOBS_REDIS_URL": f"redis://127.0.0.1:{server.port}/0",
+        f"{prefix}JOBS_STREAM": stream,
     }
-    command = [sys.executable, "-m", jobs_module.__name__]
+    command = [sys.executable, "-m", "{{ cookiecutter.__package_slug }}.qq"]
 
     def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -196,22 +210,9 @@ def test_command_line_submits_and_counts(server: Server, stream: str) -> None:
     assert len(bad.stderr.strip().splitlines()) == 1
     stats = run("stats")
     assert json.loads(stats.stdout) == {"stream": stream, "waiting": 4, "pending": 0, "dead": 0}
-
-
-def test_main_hands_other_commands_to_the_runner() -> None:
-    seen: list[list[str]] = []
-
-    class Recording(Worker):
-        def cli(self, argv: Any = None) -> None:
-            seen.append(list(argv))
-
-    async def writer(desired: int) -> Any:
-        for _ in range(0):
-            yield 0
-
-    runner = Recording("r", reader=lambda item: None, writer=writer, settings=fast_settings())
-    jobs_module.main(runner, ["drain"])
-    assert seen == [["drain"]]
+    listed = run("--help")
+    assert listed.returncode == 0, listed.stderr
+    assert {"serve", "drain", "health", "submit", "stats"} <= set(listed.stdout.split())
 
 
 # ---- one instance, in this process -----------------------------------------------------------
@@ -225,8 +226,7 @@ async def test_drain_runs_every_job_once_and_empties_the_stream(
     async def reader(item: Job, settings: Settings) -> None:
         journal.add(item.payload["n"], item.attempt, os.getpid())
 
-    worker = JobsWorker("t", reader=reader, settings=settings, record_acks=True)
-    summary = await worker.drain()
+    summary = await jobs_worker(settings, reader).drain()
 
     assert (summary.succeeded, summary.failed, summary.not_started) == (300, 0, 0)
     assert journal.column(0) == Counter(str(n) for n in range(300))
@@ -250,7 +250,7 @@ async def test_failing_job_is_retried_then_dead_lettered_with_its_error(
         if item.payload == "poison":
             raise ValueError(f"cannot digest {item.payload} (attempt {item.attempt})")
 
-    summary = await JobsWorker("t", reader=reader, settings=settings).drain()
+    summary = await jobs_worker(settings, reader).drain()
 
     assert (summary.succeeded, summary.failed) == (20, 3)
     poison_rows = [row for row in journal.rows() if row[0] == "poison"]
@@ -281,12 +281,13 @@ async def test_drain_claims_the_jobs_a_dead_consumer_left_pending(
         journal.add(item.payload, item.attempt)
 
     started = time.monotonic()
-    summary = await JobsWorker("t", reader=reader, settings=settings).drain()
+    summary = await jobs_worker(settings, reader).drain()
 
     assert summary.succeeded == 10
     assert time.monotonic() - started >= 0.5  # drain waited for the ghost's jobs to idle
     attempts = {int(row[0]): row[1] for row in journal.rows()}
-    assert attempts == {n: "2" if n < 3 else "1" for n in range(10)}  # a claim is an attempt
+    # The ghost never started its jobs: claiming them counts no attempt, starting one does.
+    assert attempts == dict.fromkeys(range(10), "1")
 
 
 async def test_a_job_whose_worker_keeps_dying_is_dead_lettered(server: Server, stream: str) -> None:
@@ -298,7 +299,7 @@ async def test_a_job_whose_worker_keeps_dying_is_dead_lettered(server: Server, s
         if item.payload == "crash":
             os._exit(17)  # the worker process dies holding the job
 
-    summary = await JobsWorker("t", reader=reader, settings=settings).drain()
+    summary = await jobs_worker(settings, reader).drain()
 
     assert (summary.succeeded, summary.failed) == (0, 2)  # two deaths, then buried unread
     with Jobs(settings) as jobs:
@@ -314,35 +315,92 @@ async def test_a_job_is_acknowledged_once_and_renewal_drops_claimed_jobs(
     settings = settings_for(server.port, stream)
     with Jobs(settings) as jobs:
         jobs.submit_many(["x", "y"])
-    slow, fast = JobSource(settings, "slow"), JobSource(settings, "fast")
-    slow.begin(draining=False)
-    fast.begin(draining=False)
+    slow = RedisJobs(settings, consumer="slow", record_acks=True)
+    fast = RedisJobs(settings, consumer="fast", record_acks=True)
+    await slow.open(drain=False)
+    await fast.open(drain=False)
     try:
-        mine = [Delivery._make(item) async for item in slow.writer(2)]
+        mine = [Delivery._make(item) async for item in slow.fetch(2, 0)]
         assert [d.deliveries for d in mine] == [1, 1]
+        assert list(slow.leases) == [d.entry for d in mine]
         # "slow" stalls: its jobs go idle, and "fast" claims one of them.
-        assert fast._client is None
-        await fast._open()
-        assert fast._client is not None
-        await fast._client.xclaim(stream, settings.jobs_group, "fast", 0, [mine[0].entry])
+        with client_for(server.port) as client:
+            client.xclaim(stream, settings.jobs_group, "fast", 0, [mine[0].entry])
         await slow.renew()
         assert list(slow.leases) == [mine[1].entry]  # renewal drops the job claimed away
-        slow_acker = jobs_module._Acker(settings, "slow", record_acks=True)
-        fast_acker = jobs_module._Acker(settings, "fast", record_acks=True)
-        try:
+        async with slow.session() as slow_state, fast.session() as fast_state:
             # Both runs of the claimed job finish: the first acknowledgement counts, once.
-            assert await fast_acker.ack(Delivery(*mine[0][:5], deliveries=2)) is True
-            assert await slow_acker.ack(mine[0]) is False
-            assert await slow_acker.ack(mine[1]) is True
-            assert await slow_acker.ack(mine[1]) is False  # never twice
-        finally:
-            await slow_acker.close()
-            await fast_acker.close()
+            assert await fast_state.acks(mine[0]._replace(deliveries=2)) is True
+            with pytest.raises(JobLost, match=f"job {mine[0].job_id} was acknowledged by"):
+                await slow.commit(tuple(mine[0]), slow_state, None)
+            await slow.commit(tuple(mine[1]), slow_state, None)
+            assert await slow_state.acks(mine[1]) is False  # never twice
     finally:
         await slow.close()
         await fast.close()
     recorded = [(ack["consumer"], ack["entry"]) for ack in acks(server.port, stream)]
     assert recorded == [("fast", mine[0].entry), ("slow", mine[1].entry)]
+
+
+async def test_close_puts_jobs_back_counting_an_attempt_only_for_started_ones(
+    server: Server, stream: str
+) -> None:
+    settings = settings_for(server.port, stream)
+    with Jobs(settings) as jobs:
+        ids = cast(list[str], jobs.submit_many(["started", "fetched", "also fetched"]))
+    source = RedisJobs(settings, consumer="c")
+    await source.open(drain=False)
+    try:
+        held = [item async for item in source.fetch(3, 0)]
+        async with source.session() as state:
+            job = await source.begin(held[0], state)  # its worker dies here: no outcome
+        assert (job.id, job.attempt) == (ids[0], 1)
+        with client_for(server.port) as client:
+            assert client.hgetall(starts_name(stream)) == {held[0][0]: "1"}
+    finally:
+        await source.close()
+    with Jobs(settings) as jobs:
+        assert jobs.stats() == jobs_module.JobStats(stream, 3, 0, 0)
+        entries = cast(list[tuple[str, dict[str, str]]], jobs.client.xrange(stream))
+        back = {fields["job"]: fields for _, fields in entries if "job" in fields}
+        assert not jobs.client.exists(starts_name(stream))
+    assert {job_id: back[job_id]["attempt"] for job_id in back} == {
+        ids[0]: "2",
+        ids[1]: "1",
+        ids[2]: "1",
+    }
+    assert back[ids[0]]["error"] == "the worker holding it stopped without an outcome"
+    assert "error" not in back[ids[1]]
+
+
+async def test_drain_goes_on_past_fetches_whose_jobs_are_buried_at_start(
+    server: Server, stream: str, journal: Journal
+) -> None:
+    settings = settings_for(server.port, stream, jobs_claim_idle=0.5, jobs_max_attempts=2)
+    group = settings.jobs_group
+    with Jobs(settings) as jobs:
+        # 20 normal jobs held by a consumer that died; their runs never started.
+        ghost = set(jobs.submit_many([{"normal": n} for n in range(20)]))
+        jobs.client.xgroup_create(stream, group, id="0")
+        jobs.client.xreadgroup(group, "ghost", {stream: ">"}, count=20)
+        # 200 jobs whose earlier runs used every attempt (their workers died), first in line.
+        doomed = cast(list[str], jobs.submit_many([{"doomed": n} for n in range(200)]))
+        jobs.client.hset(starts_name(stream), mapping=dict.fromkeys(doomed, 2))
+        waiting = set(jobs.submit_many([{"normal": n} for n in range(20, 70)]))
+
+    async def reader(item: Job) -> None:
+        journal.add(item.id, item.attempt)
+
+    summary = await jobs_worker(settings, reader).drain()
+
+    assert (summary.succeeded, summary.failed) == (70, 200)
+    assert journal.column(0) == Counter(ghost | waiting)  # every normal job, once
+    assert set(journal.column(1)) == {"1"}
+    with Jobs(settings) as jobs:
+        assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, 200)
+        dead = jobs.dead_letters(300)
+    assert {letter["job"] for letter in dead} == set(doomed)
+    assert {letter["attempts"] for letter in dead} == {"2"}
 
 
 # ---- instances on "many machines" -------------------------------------------------------------
@@ -422,8 +480,7 @@ async def test_workers_reconnect_when_redis_restarts_mid_drain(
             journal.add(item.id)
             await asyncio.sleep(0.01)
 
-        worker = JobsWorker("t", reader=reader, settings=settings, record_acks=True)
-        drain = asyncio.ensure_future(worker.drain())
+        drain = asyncio.ensure_future(jobs_worker(settings, reader).drain())
         await wait_for(lambda: len(journal.rows()) >= 200, 90, "200 jobs run")
         acked_before = len(acks(port, stream))
         assert not drain.done()
@@ -459,3 +516,131 @@ def test_sigterm_puts_fetched_but_unstarted_jobs_back_at_once(
         assert jobs.stats() == jobs_module.JobStats(stream, 200 - done, 0, 0)
         entries = cast(list[tuple[str, dict[str, str]]], jobs.client.xrange(stream))
     assert {fields.get("attempt", "1") for _, fields in entries} == {"1"}  # not an attempt
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_restarts_under_one_name_bury_only_jobs_that_started_every_attempt(
+    server: Server, stream: str, journal: Journal
+) -> None:
+    max_attempts = 3
+    with Jobs(settings_for(server.port, stream)) as jobs:
+        submitted = set(jobs.submit_many(range(24)))
+    options = ["--work-ms", "300", "--processes", "1", "--tasks", "4", "--claim-idle", "60"]
+    options += ["--max-attempts", str(max_attempts)]
+
+    def ran() -> int:
+        return journal.column(0)["ran"]
+
+    with instances(server.port, stream, journal) as start:
+        for _ in range(3):  # the same machine, killed mid-run three times
+            running_from = ran() + 4
+            phoenix = start("phoenix", "serve", *options)
+            wait_until(lambda: ran() >= running_from, 90, "4 jobs running")  # noqa: B023
+            kill_session(phoenix)
+        last = start("phoenix", "drain", *options)
+        out, err = last.communicate(timeout=120)
+        assert last.returncode in (0, 1), err[-2000:]
+
+    rows = journal.rows()
+    runs = Counter(row[1] for row in rows if row[0] == "begin")
+    runs.subtract(Counter(row[1] for row in rows if row[0] == "buried"))
+    with Jobs(settings_for(server.port, stream)) as jobs:
+        dead = jobs.dead_letters(100)
+        assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, len(dead))
+    assert dead, "no job was in flight at every kill: the restarts tested nothing"
+    for letter in dead:  # every dead letter started in JOBS_MAX_ATTEMPTS runs
+        assert runs[letter["job"]] >= max_attempts, (letter, runs[letter["job"]])
+        assert letter["attempts"] == str(max_attempts)
+    acked = Counter(ack["job"] for ack in acks(server.port, stream))
+    assert set(acked) | {letter["job"] for letter in dead} == submitted
+    assert max(acked.values()) == 1
+    assert json.loads(out)["failed"] == len(dead)
+
+
+@pytest.mark.timeout(300)
+def test_leases_are_bounded_so_a_later_instance_gets_its_share(
+    server: Server, stream: str, journal: Journal
+) -> None:
+    with Jobs(settings_for(server.port, stream)) as jobs:
+        submitted = set(jobs.submit_many(range(3000)))
+    # 1 process x 2 tasks x 10 ms: about 200 jobs/s per instance, 15 s of work for one.
+    options = ("--work-ms", "10", "--processes", "1", "--tasks", "2")
+    with instances(server.port, stream, journal) as start, client_for(server.port) as client:
+        first = start("first", "drain", *options)
+        wait_until(lambda: journal.column(0)["ran"] >= 1, 90, "the first instance at work")
+        held = len(client.xpending_range(stream, "workers", "-", "+", 5000, "first"))
+        time.sleep(2.0)  # the scenario: the second instance comes up 2 s later
+        second = start("second", "drain", *options)
+        for process in (first, second):
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err[-2000:]
+
+    recorded = acks(server.port, stream)
+    assert Counter(ack["job"] for ack in recorded) == Counter(submitted)
+    by_consumer = Counter(ack["consumer"] for ack in recorded)
+    # 3 unstarted jobs per reader slot, plus those running and acknowledging: not 1000.
+    assert held <= 40, f"the first instance held {held} jobs"
+    assert by_consumer["second"] >= 1000, by_consumer
+
+
+@pytest.mark.timeout(120)
+def test_drain_exits_2_with_one_line_when_redis_is_unreachable_and_health_says_so(
+    tmp_path: Path, stream: str, journal: Journal
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"redis://127.0.0.1:{port}/0"
+    with instances(port, stream, journal) as start:
+        begun = time.monotonic()
+        drain = start("c", "drain", "--connect-timeout", "1.5")
+        out, err = drain.communicate(timeout=60)
+        took = time.monotonic() - begun
+        assert drain.returncode == 2, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: Redis at {url} (JOBS_REDIS_URL) unreachable for 1.5s")
+        assert 1.5 <= took < 1.5 + 8, took  # the timeout, plus starting Python
+        assert out == ""
+
+        metrics = free_port()
+        start("c", "serve", "--metrics-port", str(metrics))  # serving rides out the outage
+        health = [sys.executable, str(INSTANCE), str(port), stream, "c", str(journal.path)]
+        health += ["health", "--metrics-port", str(metrics)]
+
+        def check() -> subprocess.CompletedProcess[str]:
+            env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+            return subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
+
+        # Until the instance's metrics server is up, health blames that; then it blames Redis.
+        deadline = time.monotonic() + 60
+        while not (answer := check()).stderr.startswith(f"unhealthy: Redis at {url} "):
+            assert time.monotonic() < deadline, f"health never blamed Redis: {answer.stderr}"
+            time.sleep(0.2)
+        assert answer.returncode == 1
+        assert len(answer.stderr.strip().splitlines()) == 1, answer.stderr
+        with running("redis", tmp_path, port=port):
+            assert check().returncode == 0  # Redis is back: healthy
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_serving_instance_picks_a_new_job_up_at_once(
+    server: Server, stream: str, journal: Journal
+) -> None:
+    # Between fetches an idle instance may wait EMPTY_QUEUE_SLEEP_TIME (2 s here): it must
+    # block on the stream instead, and start a new job as soon as it is submitted.
+    with (
+        instances(server.port, stream, journal) as start,
+        Jobs(settings_for(server.port, stream)) as jobs,
+    ):
+        start("idle", "serve", "--idle-sleep", "2", "--processes", "1")
+        wait_until(lambda: journal.column(0)["ready"] == 1, 60, "the worker process ready")
+        latencies = []
+        for n in range(10):
+            time.sleep(0.1)  # idle again: the parent waits on the stream
+            submitted = time.time()
+            job_id = jobs.submit(n)
+
+            def started(job_id: str | None = job_id) -> list[list[str]]:
+                return [row for row in journal.rows() if row[0] == "ran" and row[1] == job_id]
+
+            wait_until(lambda: bool(started()), 10, f"job {n} to start")
+            latencies.append(float(started()[0][5]) - submitted)
+    assert statistics.median(latencies) < 0.25, latencies

@@ -9,7 +9,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-
 from typing import Any
 
 from support import Journal, fast_settings, kill_session

@@ -47,9 +47,9 @@ from redis.retry import Retry
 
 from ..settings import Settings
 from ..worker import Outcome, Source, SourceUnavailable
-from ..worker.child import shorten
 from ..worker.remote import Outage, refuse_password_in_url
 from ..worker.retry import backoff
+from ..worker.texts import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -641,9 +641,10 @@ class RedisJobs(Source):
             self._outage.ok()
             return self._deliveries(out)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # NOGROUP: the stream was deleted; UNBLOCKED: deleted while a blocking read waited.
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
-            self._group_ready = False  # the stream was deleted: join again next time
+            self._group_ready = False  # join again next time
             return []
         except UNREACHABLE as exc:
             down = self._outage.failed(exc)
