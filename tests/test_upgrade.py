@@ -76,8 +76,10 @@ def test_cruft_update_from_the_previous_version(
     git(project, "commit", "-qam", "our edit")
 
     updated = run(
-        [str(BIN / "cruft"), "update", "--checkout", "v2", "--skip-apply-ask"]
-        + ["--allow-untracked-files"],
+        [
+            *(str(BIN / "cruft"), "update", "--checkout", "v2"),
+            *("--skip-apply-ask", "--allow-untracked-files"),
+        ],
         cwd=project,
     )
     assert updated.returncode == 0, updated.stdout + updated.stderr
@@ -108,9 +110,11 @@ def test_cruft_update_from_the_previous_version(
 def create(template: Path, out: Path, answers: dict[str, bool]) -> Path:
     """`cruft create` at v1 with `answers`; the project committed to its own git repository."""
     created = run(
-        [str(BIN / "cruft"), "create", "--no-input", "--checkout", "v1"]
-        + ["--extra-context", json.dumps(answers), "--output-dir", str(out / "out")]
-        + [str(template)],
+        [
+            *(str(BIN / "cruft"), "create", "--no-input", "--checkout", "v1"),
+            *("--extra-context", json.dumps(answers), "--output-dir", str(out / "out")),
+            str(template),
+        ],
         cwd=out,
     )
     assert created.returncode == 0, created.stdout + created.stderr

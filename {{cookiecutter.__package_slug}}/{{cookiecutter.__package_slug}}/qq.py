@@ -118,6 +118,7 @@ async def reader(item: str, ctx: Context, settings: Settings) -> None:
     logger.info("%s sha256=%s", item, digest)
 {%- endif %}
 
+
 runner = Worker(
     project_settings.project_name,
     reader=reader,
