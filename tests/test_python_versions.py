@@ -1,4 +1,5 @@
-"""The oldest and newest supported Pythons run a render with every feature on.
+"""The oldest and newest supported Pythons run a render with every feature on (its tests not
+marked slow: those run on the default Python in the render matrix).
 
 Each interpreter gets its own virtual environment under build/venvs/, reused while
 requirements-dev.txt is unchanged. Under CI=true a missing interpreter fails the run.
@@ -57,6 +58,8 @@ def test_all_features_on_python(version: str, cookies: Any) -> None:
 
     typed = run([str(python), "-m", "mypy", "--strict", "."], cwd=project)
     assert typed.returncode == 0, typed.stdout
-    tested = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+    # The slow tests (several instances, benchmarks) run on the default Python in the matrix.
+    pytest_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow"]
+    tested = run([str(python), "-m", "pytest", *pytest_args], cwd=project)
     assert tested.returncode == 0, tested.stdout[-6000:] + tested.stderr[-3000:]
     assert f"Python {version}" in run([str(python), "--version"], cwd=project).stdout

@@ -54,7 +54,8 @@ class Settings(QuasiQueueSettings):
     reader_timeout: float = Field(default=0.0, ge=0)
 
     # Durable sources (spool, Redis): the most items this instance holds that have not
-    # started, its processes' read-ahead (2 per reader slot) included; 0: 3 per reader slot.
+    # started, its processes' read-ahead (2 per reader slot) included; 0: that read-ahead
+    # plus one fetch (LOOKUP_BLOCK_SIZE).
     max_unstarted: int = Field(default=0, ge=0)
     # Seconds `drain` waits for an unreachable source before it exits 2.
     source_connect_timeout: float = Field(default=10.0, gt=0)

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 CHUNK = 1000  # jobs per pipeline or script call
-CALLS_IN_FLIGHT = 1  # start or ack batches one worker process has on the wire at once
+CALLS_IN_FLIGHT = 1  # batches of starts and acks one worker process has on the wire at once
 OUTAGE_PAUSE = 0.25  # seconds between two tries of an unreachable Redis while fetching
 SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as failed
 BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the socket timeout
@@ -278,18 +278,38 @@ end
 return cjson.encode({cursor, out})
 """
 
-# KEYS: stream, dead, starts. ARGV: group, consumer, max attempts, dead maxlen, then one
-# string of space-separated entry, first attempt pairs. Records that each job starts a run;
-# returns one attempt number per job (space-separated), or 0 for a job it moved to the dead
-# letters because its earlier runs used every attempt (their workers died).
-_START = (
+# One round trip for what a worker process has to tell Redis: acknowledgements of jobs that
+# succeeded, then the starts of jobs whose reader is about to run.
+# KEYS: stream, dead, starts, acked. ARGV: group, consumer, record acks (1|0), max attempts,
+# dead maxlen, then two strings: space-separated entry, deliveries, job id triples to
+# acknowledge, and entry, first attempt pairs that start. Returns "<flags>|<attempts>": one
+# flag per acknowledgement, 1 (acknowledged now) or 0 (acknowledged before, by a consumer that
+# claimed it), and one attempt number per start, or 0 for a job moved to the dead letters
+# because its earlier runs used every attempt (their workers died).
+_STEP = (
     _HELPERS
     + """
-local s, d, t, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
-local maxa, maxlen = tonumber(ARGV[3]), ARGV[4]
+local s, d, t, a, g, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
+local maxa, maxlen = tonumber(ARGV[4]), ARGV[5]
 local words = {}
-for w in string.gmatch(ARGV[5], '%S+') do words[#words + 1] = w end
-local out = {}
+for w in string.gmatch(ARGV[6], '%S+') do words[#words + 1] = w end
+local acked = {}
+for i = 1, #words, 3 do
+  local id = words[i]
+  if redis.call('XACK', s, g, id) == 1 then
+    redis.call('HDEL', t, id)
+    if ARGV[3] == '1' then
+      redis.call('XADD', a, 'MAXLEN', '~', maxlen, '*', 'job', words[i + 2], 'entry', id,
+                 'consumer', c, 'deliveries', words[i + 1])
+    end
+    acked[#acked + 1] = '1'
+  else
+    acked[#acked + 1] = '0'
+  end
+end
+words = {}
+for w in string.gmatch(ARGV[7], '%S+') do words[#words + 1] = w end
+local started = {}
 for i = 1, #words, 2 do
   local id = words[i]
   local attempt = tonumber(words[i + 1]) - 1 + redis.call('HINCRBY', t, id, 1)
@@ -303,35 +323,11 @@ for i = 1, #words, 2 do
     redis.call('HDEL', t, id)
     attempt = 0
   end
-  out[#out + 1] = attempt
+  started[#started + 1] = attempt
 end
-return table.concat(out, ' ')
+return table.concat(acked) .. '|' .. table.concat(started, ' ')
 """
 )
-
-# KEYS: stream, acked, starts. ARGV: group, consumer, record (1|0), maxlen, and one string of
-# space-separated entry, deliveries, job id triples. Returns one character per job:
-# 1 (acknowledged now) or 0 (acknowledged before, by a consumer that claimed it).
-_ACK = """
-local s, a, t, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
-local words = {}
-for w in string.gmatch(ARGV[5], '%S+') do words[#words + 1] = w end
-local out = {}
-for i = 1, #words, 3 do
-  local id = words[i]
-  if redis.call('XACK', s, g, id) == 1 then
-    redis.call('HDEL', t, id)
-    if ARGV[3] == '1' then
-      redis.call('XADD', a, 'MAXLEN', '~', ARGV[4], '*', 'job', words[i + 2], 'entry', id,
-                 'consumer', c, 'deliveries', words[i + 1])
-    end
-    out[#out + 1] = '1'
-  else
-    out[#out + 1] = '0'
-  end
-end
-return table.concat(out)
-"""
 
 # KEYS: stream, dead, starts. ARGV: group, consumer, entry, deliveries, error, max attempts,
 # dead maxlen. Puts a job this consumer holds back for its next attempt (or buries it) and
@@ -524,8 +520,7 @@ def submit_many(
 class _Session:
     """What a worker process holds for the source: its Redis client and call batchers."""
 
-    starts: _Batcher
-    acks: _Batcher
+    calls: _Batcher  # acknowledgements and starts, one round trip for many
     client: aioredis.Redis
     settle_script: Any
     attempts: dict[str, int] = field(default_factory=dict)  # by entry; 0: `begin` buried it
@@ -882,39 +877,30 @@ class RedisJobs(Source):
         client = connect_async(settings)
         outage = Outage(f"Redis jobs acks ({self.consumer}, pid {os.getpid()})")
         retrying = partial(_retrying, outage, settings.jobs_claim_idle)
-        start_script = client.register_script(_START)
-        ack_script = client.register_script(_ACK)
-        head = [settings.jobs_group, self.consumer]
+        step_script = client.register_script(_STEP)
+        keys = [self.stream, self.dead, self.starts, acked_name(self.stream)]
+        head: list[Any] = [settings.jobs_group, self.consumer, "1" if self.record_acks else "0"]
+        head += [settings.jobs_max_attempts, settings.jobs_dead_maxlen]
 
-        async def send_starts(batch: list[Delivery]) -> list[int]:
-            words = " ".join(f"{d.entry} {d.attempt}" for d in batch)
-            args: list[Any] = [*head, settings.jobs_max_attempts, settings.jobs_dead_maxlen, words]
-            keys = [self.stream, self.dead, self.starts]
-            reply = await retrying(partial(start_script, keys=keys, args=args))
-            return [int(word) for word in str(reply).split()]
+        async def send(batch: list[tuple[bool, Delivery]]) -> list[Any]:
+            acks = " ".join(f"{d.entry} {d.deliveries} {d.job_id}" for ack, d in batch if ack)
+            starts = " ".join(f"{d.entry} {d.attempt}" for ack, d in batch if not ack)
+            reply = await retrying(partial(step_script, keys=keys, args=[*head, acks, starts]))
+            flags, _, attempts = str(reply).partition("|")
+            acked, begun = iter(flags), iter(attempts.split())
+            return [next(acked) == "1" if ack else int(next(begun)) for ack, _ in batch]
 
-        async def send_acks(batch: list[Delivery]) -> list[bool]:
-            words = " ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d in batch)
-            args: list[Any] = [*head, "1" if self.record_acks else "0", settings.jobs_dead_maxlen]
-            args.append(words)
-            keys = [self.stream, acked_name(self.stream), self.starts]
-            reply = await retrying(partial(ack_script, keys=keys, args=args))
-            return [flag == "1" for flag in str(reply)]
-
-        session = _Session(
-            _Batcher(send_starts), _Batcher(send_acks), client, client.register_script(_SETTLE)
-        )
+        session = _Session(_Batcher(send), client, client.register_script(_SETTLE))
         try:
             yield session
         finally:
-            await session.starts.close()
-            await session.acks.close()
+            await session.calls.close()
             await client.aclose()
 
     async def begin(self, item: Any, state: _Session) -> Job:
         """Record that the job starts (its attempt), then decode it for the reader."""
         delivery = Delivery._make(item)
-        attempt = state.attempts[delivery.entry] = await state.starts(delivery)
+        attempt = state.attempts[delivery.entry] = await state.calls((False, delivery))
         if attempt == 0:
             raise JobFailed(
                 f"job {delivery.job_id}: the workers of its earlier runs stopped without an "
@@ -934,7 +920,7 @@ class RedisJobs(Source):
         if attempt == 0:  # `begin` moved it to the dead letters
             return
         if error is None:
-            if not await state.acks(delivery):
+            if not await state.calls((True, delivery)):
                 raise JobLost(
                     f"job {delivery.job_id} was acknowledged by another consumer that claimed "
                     f"it (JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed without a "
@@ -1065,15 +1051,15 @@ class _Batcher:
     """Sends the requests made while a call is on the wire together in the next call
     (CALLS_IN_FLIGHT calls at a time): one round trip serves many jobs."""
 
-    def __init__(self, send: Callable[[list[Delivery]], Awaitable[Sequence[Any]]]) -> None:
+    def __init__(self, send: Callable[[list[Any]], Awaitable[Sequence[Any]]]) -> None:
         self._send = send
-        self._waiting: list[tuple[Delivery, asyncio.Future[Any]]] = []
+        self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, delivery: Delivery) -> Any:
-        """Queue `delivery`; return its result once its batch was sent."""
+    async def __call__(self, request: Any) -> Any:
+        """Queue `request`; return its result once its batch was sent."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((delivery, future))
+        self._waiting.append((request, future))
         if len(self._flushers) < CALLS_IN_FLIGHT:
             self._flushers.add(asyncio.get_running_loop().create_task(self._flush()))
         return await future
@@ -1083,7 +1069,7 @@ class _Batcher:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    results = await self._send([delivery for delivery, _ in batch])
+                    results = await self._send([request for request, _ in batch])
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():

@@ -105,7 +105,7 @@ class Supervisor:
         self.read_ahead = READ_AHEAD * plan.concurrency  # items a process may hold not read yet
         if source.durable:  # leases: hold few unstarted items, so other instances get work
             slots = self.num_processes * plan.concurrency
-            limit = settings.max_unstarted or (READ_AHEAD + 1) * slots
+            limit = settings.max_unstarted or READ_AHEAD * slots + self.block_size
             self.max_queue_size: int = max(1, limit - self.read_ahead * self.num_processes)
             self.refill_at = self.max_queue_size // 2
         else:
