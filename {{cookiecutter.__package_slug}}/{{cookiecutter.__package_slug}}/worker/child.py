@@ -85,6 +85,9 @@ class _WorkerProcess(asyncio.Protocol):
         self.ctx: Any = None
         self.state: Any = None  # the source's session
         self.is_async = inspect.iscoroutinefunction(plan.reader)
+        self.begins = plan.source.begins
+        self.commits = plan.source.commits
+        self.marks_starts = bool(plan.timeout) and not self.is_async  # the parent times them
         self.done: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[None] | None = None
 
@@ -177,13 +180,15 @@ class _WorkerProcess(asyncio.Protocol):
                 )
                 reported = True
                 return
-            attempt, error, timed_out = await self._attempt(seq, item)
-            source = self.plan.source
-            if source.commits:
+            if self.begins or self.marks_starts:
+                attempt, error, timed_out = await self._attempt(seq, item)
+            else:
+                attempt, error, timed_out = await self._read(item)
+            if self.commits:
                 holding = False
                 self._reader_done()  # the next item reads while this one commits
                 self._send(encode(Kind.READ, seq))  # and the parent may send one more
-                error = await self._commit(source, item, error)
+                error = await self._commit(self.plan.source, item, error)
             metrics = self.plan.metrics
             if metrics is not None:  # duration first: whoever sees the outcome sees it
                 metrics.duration.observe(time.perf_counter() - started)
@@ -211,12 +216,12 @@ class _WorkerProcess(asyncio.Protocol):
         """Begin and read one item: (attempts made, error or None, whether it timed out)."""
         source = self.plan.source
         try:
-            given = await source.begin(item, self.state) if source.begins else item
+            given = await source.begin(item, self.state) if self.begins else item
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # any failure is the item's outcome
             return 1, error_text(exc), False
-        if self.plan.timeout and not self.is_async:  # the parent times sync readers
+        if self.marks_starts:  # the parent times sync readers
             self._send(encode(Kind.STARTED, seq))
             self._flush()  # now: the reader is about to block this process
         return await self._read(given)

@@ -336,7 +336,8 @@ class Supervisor:
         self.turn = (self.turn + 1) % len(children) if children else 0
         order = children[self.turn :] + children[: self.turn]  # take turns going first
         free = {child: self._free(child) for child in order}
-        if len(pending) < sum(free.values()):
+        if len(pending) < sum(free.values()) and any(not c.outstanding for c in order):
+            # Fewer items than room, and a process idle (or starting): spread them.
             free = self._spread(order, free, len(pending))
         for child in order:
             if not pending:
