@@ -37,11 +37,10 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
-    from typing_extensions import Self
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -64,6 +63,7 @@ _NO_LIMIT = sys.maxsize
 
 # One buffered piece: (data, start, end); the piece is data[start:end].
 _Piece = tuple[bytes, int, int]
+_Pipe = TypeVar("_Pipe", bound="QueueIO")
 
 
 class PipeAbortedError(OSError):
@@ -658,7 +658,7 @@ class QueueIO(io.RawIOBase):
             return "the writer aborted the stream"
         return f"the writer aborted the stream: {cause!r}"
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Pipe) -> _Pipe:
         """The writer's ``with``: unlike io's, entering never fails; a write says why it can't."""
         return self
 
