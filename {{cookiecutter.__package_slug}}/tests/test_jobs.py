@@ -36,7 +36,7 @@ from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
     dead_name,
     starts_name,
 )
-from {{ cookiecutter.__package_slug }}.worker import Worker
+from {{ cookiecutter.__package_slug }}.worker import Permanent, Worker
 
 PROJECT = Path(__file__).resolve().parents[1]
 INSTANCE = PROJECT / "tests" / "jobs_instance.py"
@@ -265,6 +265,30 @@ async def test_failing_job_is_retried_then_dead_lettered_with_its_error(
         "attempts": "3",
         "error": "ValueError: cannot digest poison (attempt 3)",
     }
+
+
+async def test_a_permanent_failure_goes_to_the_dead_letters_at_once(
+    server: Server, stream: str, journal: Journal
+) -> None:
+    settings = settings_for(server.port, stream, jobs_max_attempts=3, max_retries=2)
+    with Jobs(settings) as jobs:
+        bad = jobs.submit({"bad": True})
+        jobs.submit_many([{"bad": False}] * 5)
+    assert bad is not None
+
+    async def reader(item: Job) -> None:
+        journal.add(item.id, item.attempt)
+        if item.payload["bad"]:
+            raise Permanent("malformed order")
+
+    summary = await jobs_worker(settings, reader).drain()
+
+    assert (summary.succeeded, summary.failed) == (5, 1)
+    assert journal.column(0)[bad] == 1  # neither retried in the process nor put back
+    with Jobs(settings) as jobs:
+        [dead] = jobs.dead_letters()
+    assert (dead["job"], dead["attempts"]) == (bad, "1")
+    assert dead["error"] == "Permanent: malformed order"
 
 
 async def test_drain_claims_the_jobs_a_dead_consumer_left_pending(

@@ -928,7 +928,9 @@ class RedisJobs(Source):
                 )
             return
         settings = self.settings
-        if attempt < settings.jobs_max_attempts:
+        permanent = getattr(error, "permanent", False)  # worker.Permanent: no other attempt
+        max_attempts = 0 if permanent else settings.jobs_max_attempts
+        if attempt < max_attempts:
             await asyncio.sleep(
                 backoff(attempt, settings.retry_backoff, settings.retry_backoff_max)
             )
@@ -938,7 +940,7 @@ class RedisJobs(Source):
             delivery.entry,
             delivery.deliveries,
             error,
-            settings.jobs_max_attempts,
+            max_attempts,
             settings.jobs_dead_maxlen,
         ]
         keys = [self.stream, self.dead, self.starts]

@@ -6,12 +6,13 @@ Your code lives in `qq.py`; this package runs it. See docs/worker.md.
 from .errors import ContextError, SignatureError, WorkerError, WriterError
 from .retry import Permanent, ReaderTimeout, RetryAfter
 from .runner import Worker
-from .source import Outcome, Source, SourceUnavailable
+from .source import Failure, Outcome, Source, SourceUnavailable
 from .summary import Summary
 from .writer_source import WriterSource
 
 __all__ = [
     "ContextError",
+    "Failure",
     "Outcome",
     "Permanent",
     "ReaderTimeout",

@@ -30,7 +30,7 @@ from typing import Any
 from .calls import keywords, open_context
 from .metrics import Metrics
 from .retry import Permanent, ReaderTimeout, RetryAfter, backoff
-from .source import Source
+from .source import Failure, Source
 from .texts import error_text, shorten
 from .wire import Frame, FrameReader, Kind, encode
 
@@ -262,7 +262,8 @@ class _WorkerProcess(asyncio.Protocol):
                 raise
             except BaseException as exc:  # every failure is the item's outcome
                 timed_out = isinstance(exc, ReaderTimeout)
-                if attempt <= plan.max_retries and not isinstance(exc, Permanent):
+                permanent = isinstance(exc, Permanent)
+                if attempt <= plan.max_retries and not permanent:
                     if isinstance(exc, RetryAfter):
                         delay = exc.seconds
                     else:
@@ -286,7 +287,7 @@ class _WorkerProcess(asyncio.Protocol):
                     error_text(exc),
                     exc_info=_safe_exc_info(exc),
                 )
-                return attempt, error_text(exc), timed_out
+                return attempt, Failure(error_text(exc), permanent=permanent), timed_out
             return attempt, None, False
 
     # lifecycle

@@ -30,6 +30,18 @@ class Outcome(enum.Enum):
     LOST = "lost"  # its worker process died holding it: it may or may not have started
 
 
+class Failure(str):
+    """The text of an item's failure, as `commit` gets it; `permanent` is True when the reader
+    raised `worker.Permanent`: a source should not try the item again."""
+
+    permanent: bool = False
+
+    def __new__(cls, text: str, *, permanent: bool = False) -> Failure:
+        failure = super().__new__(cls, text)
+        failure.permanent = permanent
+        return failure
+
+
 class SourceUnavailable(WorkerError):
     """The source cannot be reached; the message names it (never a password) and the limit."""
 
@@ -97,7 +109,8 @@ class Source:
         return item
 
     async def commit(self, item: Any, state: Any, error: str | None) -> None:
-        """In a worker process, after the reader (`error`: its failure's text, or None).
+        """In a worker process, after the reader (`error`: its failure's text, a `Failure`
+        when the reader raised, or None).
 
         Runs outside the reader's concurrency slot, so the next item starts meanwhile. If it
         raises, the item fails with that error. Only called if a subclass overrides it.
