@@ -60,6 +60,7 @@ OUTAGE_PAUSE = 0.25  # seconds between two tries of an unreachable Redis while f
 SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as failed
 BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the socket timeout
 CACHE_PREFIX = re.compile(r"(^|:)cache(:|$)")
+STOPPED = "the worker holding it stopped without an outcome"  # a dead letter's error
 
 
 class JobsError(Exception):
@@ -521,7 +522,6 @@ class _Session:
     """What a worker process holds for the source: its Redis client and call batchers."""
 
     calls: _Batcher  # acknowledgements and starts, one round trip for many
-    client: aioredis.Redis
     settle_script: Any
     attempts: dict[str, int] = field(default_factory=dict)  # by entry; 0: `begin` buried it
 
@@ -733,7 +733,7 @@ class RedisJobs(Source):
                     self.consumer,
                     entry,
                     row["times_delivered"],
-                    "the worker holding it stopped without an outcome",
+                    STOPPED,
                     self.settings.jobs_max_attempts,
                     self.settings.jobs_dead_maxlen,
                 ],
@@ -756,7 +756,7 @@ class RedisJobs(Source):
                                 self.group,
                                 self.consumer,
                                 CHUNK,
-                                "the worker holding it stopped without an outcome",
+                                STOPPED,
                                 self.settings.jobs_max_attempts,
                                 self.settings.jobs_dead_maxlen,
                             ],
@@ -890,7 +890,7 @@ class RedisJobs(Source):
             acked, begun = iter(flags), iter(attempts.split())
             return [next(acked) == "1" if ack else int(next(begun)) for ack, _ in batch]
 
-        session = _Session(_Batcher(send), client, client.register_script(_SETTLE))
+        session = _Session(_Batcher(send), client.register_script(_SETTLE))
         try:
             yield session
         finally:

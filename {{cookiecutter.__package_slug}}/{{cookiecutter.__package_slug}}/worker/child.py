@@ -332,7 +332,7 @@ async def _within(awaitable: Any, seconds: float) -> None:
             task.cancel()
     if not done:
         await asyncio.wait({task}, timeout=CANCEL_GRACE)  # its cleanup, if it allows one
-        raise ReaderTimeout(f"the reader did not finish within READER_TIMEOUT={seconds:g}s")
+        raise ReaderTimeout(seconds)
     task.result()
 
 

@@ -30,3 +30,6 @@ class RetryAfter(Exception):
 
 class ReaderTimeout(TimeoutError):
     """The reader did not finish within READER_TIMEOUT seconds."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the reader did not finish within READER_TIMEOUT={seconds:g}s")

@@ -104,9 +104,9 @@ class Supervisor:
         self.block_size: int = settings.lookup_block_size
         self.read_ahead = READ_AHEAD * plan.concurrency  # items a process may hold not read yet
         if source.durable:  # leases: hold few unstarted items, so other instances get work
-            slots = self.num_processes * plan.concurrency
-            limit = settings.max_unstarted or READ_AHEAD * slots + self.block_size
-            self.max_queue_size: int = max(1, limit - self.read_ahead * self.num_processes)
+            in_processes = self.read_ahead * self.num_processes  # unstarted, held there
+            limit = settings.max_unstarted or in_processes + self.block_size
+            self.max_queue_size: int = max(1, limit - in_processes)
             self.refill_at = self.max_queue_size // 2
         else:
             self.max_queue_size = settings.max_queue_size
@@ -491,13 +491,8 @@ class Supervisor:
                 # Its sync reader ran only the item that overran: these never started.
                 self.pending.appendleft((seq, pickle.dumps(self.items[seq], PICKLE)))
                 continue
-            self.failed += 1
-            if metrics is not None:
-                metrics.failed.inc()
-            item = self.items.pop(seq)
             error = f"worker process {child.process.name} exited (code {code}) while holding it"
-            logger.error("[%s] %s: %s", self.name, shorten(item), error)
-            self._tell(item, Outcome.LOST, error)
+            self._lose(self.items.pop(seq), Outcome.LOST, error)
         child.outstanding.clear()
         child.finishing.clear()
         self._check_idle()
@@ -527,17 +522,21 @@ class Supervisor:
         """Settle the item whose sync reader overran as failed by a timeout."""
         child.outstanding.discard(seq)
         child.finishing.discard(seq)
+        error = error_text(ReaderTimeout(self.plan.timeout))
+        self._lose(self.items.pop(seq), Outcome.FAILED, error, timed_out=True)
+
+    def _lose(self, item: Any, outcome: Outcome, error: str, *, timed_out: bool = False) -> None:
+        """Count, log and settle an item whose process died holding it (its metrics too: the
+        process cannot count it any more)."""
         self.failed += 1
-        self.timed_out += 1
-        if self.plan.metrics is not None:
-            self.plan.metrics.failed.inc()
-            self.plan.metrics.timed_out.inc()
-        item = self.items.pop(seq)
-        error = error_text(
-            ReaderTimeout(f"the reader did not finish within READER_TIMEOUT={self.plan.timeout:g}s")
-        )
+        self.timed_out += timed_out
+        metrics = self.plan.metrics
+        if metrics is not None:
+            metrics.failed.inc()
+            if timed_out:
+                metrics.timed_out.inc()
         logger.error("[%s] item failed: %s: %s", self.name, shorten(item), error)
-        self._tell(item, Outcome.FAILED, error)
+        self._tell(item, outcome, error)
 
     def _count_restart(self) -> None:
         if self.plan.metrics is not None:
