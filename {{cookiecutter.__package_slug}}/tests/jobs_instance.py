@@ -5,9 +5,9 @@
 the JSON summary, exits 0 when every job succeeded, 2 when Redis cannot be reached) or
 `health`. Each worker process journals `ready <consumer> <pid>` once its context is open;
 `begin <job id> <consumer> <pid>` before the start of a job is recorded in Redis (so the
-journal never counts fewer starts than Redis), `buried <job id> ...` when that start found
-every attempt used; the reader journals `ran <job id> <consumer> <pid> <attempt> <time>`
-before it works for `--work-ms`.
+journal never counts fewer starts than Redis), `buried <job id> ...` for a job fetched
+after its earlier runs used every attempt; the reader journals
+`ran <job id> <consumer> <pid> <attempt> <time>` before it works for `--work-ms`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import Journal, fast_settings
 
-from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
-    Delivery,
-    Job,
-    JobFailed,
-    RedisJobs,
-)
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Delivery, Job, RedisJobs
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 
@@ -42,13 +37,10 @@ class JournaledJobs(RedisJobs):
         self.journal = journal
 
     async def begin(self, item: Any, state: Any) -> Job:
-        job_id = Delivery._make(item).job_id
-        self.journal.add("begin", job_id, self.consumer, os.getpid())
-        try:
-            return await super().begin(item, state)
-        except JobFailed:
-            self.journal.add("buried", job_id, self.consumer, os.getpid())
-            raise
+        delivery = Delivery._make(item)
+        event = "begin" if delivery.attempt else "buried"
+        self.journal.add(event, delivery.job_id, self.consumer, os.getpid())
+        return await super().begin(item, state)
 
 
 def main() -> None:

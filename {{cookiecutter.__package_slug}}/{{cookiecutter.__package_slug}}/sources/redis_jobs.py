@@ -11,7 +11,7 @@ Attempts: a job's attempt counts only runs that started (the worker process reco
 in Redis before the reader runs). A job that was fetched but never started, because its
 instance stopped or crashed, goes back without an attempt counted. A run that failed, or whose
 worker died after it started, counts one; past `JOBS_MAX_ATTEMPTS` the job moves to the
-dead-letter stream with its error.
+dead-letter stream with its error (a job whose workers died goes there when next fetched).
 
 A job is acknowledged once (XACK tells whether this call removed it from the pending list):
 if a job was claimed away from a stalled instance and both runs finish, the first to
@@ -22,6 +22,7 @@ reader ran twice.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -29,10 +30,11 @@ import re
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
+from functools import cache, partial
 from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
@@ -41,7 +43,7 @@ import redis.asyncio as aioredis
 import typer
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -55,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 CHUNK = 1000  # jobs per pipeline or script call
-CALLS_IN_FLIGHT = 1  # batches of starts and acks one worker process has on the wire at once
+CALLS_IN_FLIGHT = 1  # batches of acknowledgements one worker process has on the wire at once
 OUTAGE_PAUSE = 0.25  # seconds between two tries of an unreachable Redis while fetching
 SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as failed
 BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the socket timeout
@@ -101,7 +103,7 @@ class Delivery(NamedTuple):
     job_id: str
     key: str
     payload: str  # JSON text, decoded in the worker process
-    attempt: int  # the entry's first attempt; the runs of this entry that started add to it
+    attempt: int  # the attempt this run is; 0 for a job moved to the dead letters when fetched
     deliveries: int  # Redis' delivery count when handed out: settle and renew check it
 
 
@@ -227,20 +229,34 @@ local function back(s, d, t, maxlen, id, m, err, c, maxa)
 end
 """
 
-# KEYS: stream, starts. ARGV: group, consumer, count, mode (history|claim|new), cursor, min
-# idle ms. Returns JSON [cursor, jobs]: one bulk string is parsed much faster than nested
-# replies by redis-py's Python parser. Fetching counts no attempt: starting a job does.
-_FETCH = """
-local s, t, g, c = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+# KEYS: stream, starts, dead. ARGV: group, consumer, count, mode (history|claim|new), cursor,
+# min idle ms, max attempts, dead maxlen, dead-letter error. Returns JSON [cursor, jobs]: one
+# bulk string is parsed much faster than nested replies by redis-py's Python parser. Fetching
+# counts no attempt: starting a job does. Each job comes with the attempt its next run is (the
+# entry's first attempt plus the runs of it that started); a job whose runs that started used
+# every attempt (their workers died) goes to the dead letters here and comes with attempt 0,
+# so that it still ends as a failed item.
+_FETCH = (
+    _HELPERS
+    + """
+local s, t, d, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
 local n, mode, cursor = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local maxa, maxlen = tonumber(ARGV[7]), ARGV[8]
 local out = {}
 local function deliver(e, deliveries)
   local id = e[1]
   if not e[2] then redis.call('XACK', s, g, id); redis.call('HDEL', t, id); return end
-  local m = {}
-  for i = 1, #e[2], 2 do m[e[2][i]] = e[2][i + 1] end
-  out[#out + 1] = {id, m['job'] or id, m['key'] or '', m['payload'] or '',
-                   tonumber(m['attempt'] or '1'), deliveries}
+  local m = fieldmap(e[2])
+  local first = tonumber(m['attempt'] or '1')
+  local attempt = first + tonumber(redis.call('HGET', t, id) or '0')
+  if attempt > maxa then
+    bury(d, maxlen, id, m, attempt - 1, ARGV[9] .. ' (attempt ' .. (attempt - 1) .. ' of ' ..
+         maxa .. ')' .. (m['error'] and ('; earlier: ' .. m['error']) or ''), c)
+    redis.call('XACK', s, g, id)
+    redis.call('HDEL', t, id)
+    attempt = 0
+  end
+  out[#out + 1] = {id, m['job'] or id, m['key'] or '', m['payload'] or '', attempt, deliveries}
 end
 local function count(id)
   local p = redis.call('XPENDING', s, g, id, id, 1)[1]
@@ -278,29 +294,22 @@ elseif fresh == 0 then
 end
 return cjson.encode({cursor, out})
 """
+)
 
-# One round trip for what a worker process has to tell Redis: acknowledgements of jobs that
-# succeeded, then the starts of jobs whose reader is about to run.
-# KEYS: stream, dead, starts, acked. ARGV: group, consumer, record acks (1|0), max attempts,
-# dead maxlen, then two strings: space-separated entry, deliveries, job id triples to
-# acknowledge, and entry, first attempt pairs that start. Returns "<flags>|<attempts>": one
-# flag per acknowledgement, 1 (acknowledged now) or 0 (acknowledged before, by a consumer that
-# claimed it), and one attempt number per start, or 0 for a job moved to the dead letters
-# because its earlier runs used every attempt (their workers died).
-_STEP = (
-    _HELPERS
-    + """
-local s, d, t, a, g, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
-local maxa, maxlen = tonumber(ARGV[4]), ARGV[5]
-local words = {}
-for w in string.gmatch(ARGV[6], '%S+') do words[#words + 1] = w end
-local acked = {}
+# Acknowledgements of jobs that succeeded, many in one call. KEYS: stream, starts, acked.
+# ARGV: group, consumer, record acks (1|0), acked maxlen, and one string of space-separated
+# entry, deliveries, job id triples. Returns one flag per job: 1 (acknowledged now) or 0
+# (acknowledged before, by a consumer that claimed it).
+_ACK = """
+local s, t, a, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
+local words, acked = {}, {}
+for w in string.gmatch(ARGV[5], '%S+') do words[#words + 1] = w end
 for i = 1, #words, 3 do
   local id = words[i]
   if redis.call('XACK', s, g, id) == 1 then
     redis.call('HDEL', t, id)
     if ARGV[3] == '1' then
-      redis.call('XADD', a, 'MAXLEN', '~', maxlen, '*', 'job', words[i + 2], 'entry', id,
+      redis.call('XADD', a, 'MAXLEN', '~', ARGV[4], '*', 'job', words[i + 2], 'entry', id,
                  'consumer', c, 'deliveries', words[i + 1])
     end
     acked[#acked + 1] = '1'
@@ -308,27 +317,8 @@ for i = 1, #words, 3 do
     acked[#acked + 1] = '0'
   end
 end
-words = {}
-for w in string.gmatch(ARGV[7], '%S+') do words[#words + 1] = w end
-local started = {}
-for i = 1, #words, 2 do
-  local id = words[i]
-  local attempt = tonumber(words[i + 1]) - 1 + redis.call('HINCRBY', t, id, 1)
-  if attempt > maxa then
-    local e = redis.call('XRANGE', s, id, id)[1]
-    local m = fieldmap(e and e[2])
-    bury(d, maxlen, id, m, attempt - 1, 'the worker holding it stopped without an outcome ' ..
-         '(attempt ' .. (attempt - 1) .. ' of ' .. maxa .. ')' ..
-         (m['error'] and ('; earlier: ' .. m['error']) or ''), c)
-    redis.call('XACK', s, g, id)
-    redis.call('HDEL', t, id)
-    attempt = 0
-  end
-  started[#started + 1] = attempt
-end
-return table.concat(acked) .. '|' .. table.concat(started, ' ')
+return table.concat(acked)
 """
-)
 
 # KEYS: stream, dead, starts. ARGV: group, consumer, entry, deliveries, error, max attempts,
 # dead maxlen. Puts a job this consumer holds back for its next attempt (or buries it) and
@@ -517,13 +507,14 @@ def submit_many(
 
 
 # ---- the source: fetching and leases in the parent ------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class _Session:
-    """What a worker process holds for the source: its Redis client and call batchers."""
+    """What a worker process holds for the source: its one pipelined connection, and the
+    batcher that acknowledges many jobs in one call."""
 
-    calls: _Batcher  # acknowledgements and starts, one round trip for many
-    settle_script: Any
-    attempts: dict[str, int] = field(default_factory=dict)  # by entry; 0: `begin` buried it
+    wire: _Wire
+    acks: _Batcher
+    outage: Outage
 
 
 class RedisJobs(Source):
@@ -611,7 +602,8 @@ class RedisJobs(Source):
         async with self._fetching:
             batch = await self._fetch(desired, wait)
             for delivery in batch:  # leased before the first yield: an ack must find its lease
-                self.leases[delivery.entry] = delivery.deliveries
+                if delivery.attempt:  # 0: buried at fetch, not held
+                    self.leases[delivery.entry] = delivery.deliveries
         for delivery in batch:  # what is not yielded stays pending here: `close` releases it
             yield tuple(delivery)
 
@@ -784,7 +776,7 @@ class RedisJobs(Source):
 
     async def _call(self, client: aioredis.Redis, count: int, mode: str) -> Any:
         reply = await self._scripts["fetch"](
-            keys=[self.stream, self.starts],
+            keys=[self.stream, self.starts, self.dead],
             args=[
                 self.group,
                 self.consumer,
@@ -792,6 +784,9 @@ class RedisJobs(Source):
                 mode,
                 self._history if mode == "history" else self._cursor,
                 int(self.settings.jobs_claim_idle * 1000),
+                self.settings.jobs_max_attempts,
+                self.settings.jobs_dead_maxlen,
+                STOPPED,
             ],
             client=client,
         )
@@ -872,55 +867,59 @@ class RedisJobs(Source):
     # worker processes
     @asynccontextmanager
     async def session(self) -> AsyncIterator[_Session]:
-        """This process's Redis client, and batchers for starts and acknowledgements."""
+        """This process's pipelined Redis connection and its batcher of acknowledgements."""
         settings = self.settings
         client = connect_async(settings)
-        outage = Outage(f"Redis jobs acks ({self.consumer}, pid {os.getpid()})")
-        retrying = partial(_retrying, outage, settings.jobs_claim_idle)
-        step_script = client.register_script(_STEP)
-        keys = [self.stream, self.dead, self.starts, acked_name(self.stream)]
-        head: list[Any] = [settings.jobs_group, self.consumer, "1" if self.record_acks else "0"]
-        head += [settings.jobs_max_attempts, settings.jobs_dead_maxlen]
+        wire = _Wire(client)
+        outage = Outage(f"Redis jobs ({self.consumer}, pid {os.getpid()})")
+        keys = [self.stream, self.starts, acked_name(self.stream)]
+        record = "1" if self.record_acks else "0"
+        head: list[Any] = [settings.jobs_group, self.consumer, record, settings.jobs_dead_maxlen]
 
-        async def send(batch: list[tuple[bool, Delivery]]) -> list[Any]:
-            acks = " ".join(f"{d.entry} {d.deliveries} {d.job_id}" for ack, d in batch if ack)
-            starts = " ".join(f"{d.entry} {d.attempt}" for ack, d in batch if not ack)
-            reply = await retrying(partial(step_script, keys=keys, args=[*head, acks, starts]))
-            flags, _, attempts = str(reply).partition("|")
-            acked, begun = iter(flags), iter(attempts.split())
-            return [next(acked) == "1" if ack else int(next(begun)) for ack, _ in batch]
+        async def acknowledge(batch: list[Delivery]) -> list[bool]:
+            triples = " ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d in batch)
+            call = partial(wire.script, _ACK, keys, [*head, triples])
+            return [flag == "1" for flag in await _retrying(outage, settings.jobs_claim_idle, call)]
 
-        session = _Session(_Batcher(send), client.register_script(_SETTLE))
+        session = _Session(wire, _Batcher(acknowledge), outage)
         try:
             yield session
         finally:
-            await session.calls.close()
+            await session.acks.close()
+            await wire.close()
             await client.aclose()
 
     async def begin(self, item: Any, state: _Session) -> Job:
-        """Record that the job starts (its attempt), then decode it for the reader."""
+        """Record that the job starts, then decode it for the reader.
+
+        The start is written to Redis before the reader runs, without waiting for the reply:
+        a worker that dies after this still counts the attempt (the bytes are on their way),
+        and the process's commands reach Redis in order, so the job's acknowledgement or
+        settlement comes after its start mark.
+        """
         delivery = Delivery._make(item)
-        attempt = state.attempts[delivery.entry] = await state.calls((False, delivery))
-        if attempt == 0:
+        if delivery.attempt == 0:
             raise JobFailed(
                 f"job {delivery.job_id}: the workers of its earlier runs stopped without an "
                 f"outcome {self.settings.jobs_max_attempts} time(s); moved to the dead letters"
             )
+        mark = partial(state.wire.send, "HINCRBY", self.starts, delivery.entry, 1)
+        await _retrying(state.outage, self.settings.jobs_claim_idle, mark)
         try:
             payload = json.loads(delivery.payload)
         except ValueError as exc:
             raise JobsError(f"payload {shorten(delivery.payload)} is not JSON: {exc}") from None
-        return Job(delivery.job_id, payload, delivery.key or None, attempt)
+        return Job(delivery.job_id, payload, delivery.key or None, delivery.attempt)
 
     async def commit(self, item: Any, state: _Session, error: str | None) -> None:
         """Acknowledge a job that succeeded; put back (after the retry backoff) or bury one
         that failed."""
         delivery = Delivery._make(item)
-        attempt = state.attempts.pop(delivery.entry, delivery.attempt)
-        if attempt == 0:  # `begin` moved it to the dead letters
+        attempt = delivery.attempt
+        if attempt == 0:  # moved to the dead letters when fetched
             return
         if error is None:
-            if not await state.calls((True, delivery)):
+            if not await state.acks(delivery):
                 raise JobLost(
                     f"job {delivery.job_id} was acknowledged by another consumer that claimed "
                     f"it (JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed without a "
@@ -944,13 +943,8 @@ class RedisJobs(Source):
             settings.jobs_dead_maxlen,
         ]
         keys = [self.stream, self.dead, self.starts]
-        outcome = int(
-            await _retrying(
-                Outage(f"Redis jobs ({self.consumer})"),
-                settings.jobs_claim_idle,
-                partial(state.settle_script, keys=keys, args=args),
-            )
-        )
+        call = partial(state.wire.script, _SETTLE, keys, args)
+        outcome = int(await _retrying(state.outage, settings.jobs_claim_idle, call))
         fate = {
             0: "not put back: another consumer claimed or finished it",
             1: "put back for another attempt",
@@ -1047,6 +1041,144 @@ async def _retrying(outage: Outage, limit: float, call: Callable[[], Awaitable[A
             continue
         outage.ok()
         return result
+
+
+class _Wire:
+    """One Redis connection on which a worker process pipelines its commands: the commands
+    sent in one step of the event loop are written together, and one task reads the replies
+    in order. A command whose reply nobody waits for (a start mark) costs no round trip, and
+    commands reach Redis in the order they were sent. A broken connection fails the replies
+    still due; the next command connects again."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+        self._replies: deque[asyncio.Future[Any]] = deque()
+        self._due = asyncio.Event()  # set while replies are due on the connection
+        self._reader: asyncio.Task[None] | None = None
+        self._outbox: list[tuple[tuple[Any, ...], asyncio.Future[Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def send(self, *args: Any, reply: bool = False) -> asyncio.Future[Any]:
+        """Write one command (with the others sent in this step); return the future of its
+        reply (a reply nobody asked for is dropped, a refusal logged). Raises a Redis
+        connection error if it was not written."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        written: asyncio.Future[None] = loop.create_future()
+        if not reply:
+            answer.add_done_callback(_unheard)
+        self._outbox.append((args, answer, written))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write())
+        await written
+        return answer
+
+    async def _write(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    connection = await self._connect()
+                    self._replies.extend(answer for _, answer, _ in batch)
+                    self._due.set()
+                    packed = connection.pack_commands([args for args, _, _ in batch])
+                    await connection.send_packed_command(packed, check_health=False)
+                except BaseException as exc:
+                    self._connection = None  # redis-py disconnected it: the reader fails the rest
+                    failure = exc if isinstance(exc, Exception) else RedisConnectionError(repr(exc))
+                    for _, answer, written in batch:
+                        answer.remove_done_callback(_unheard)
+                        answer.add_done_callback(_unheard)  # its sender hears of it from `written`
+                        if not written.done():
+                            written.set_exception(failure)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for _, _, written in batch:
+                    if not written.done():
+                        written.set_result(None)
+        finally:
+            self._writer = None  # in the same step that found the outbox empty
+
+    async def _connect(self) -> Any:
+        if self._connection is None or self._reader is None or self._reader.done():
+            connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+            await connection.connect()
+            self._connection, self._replies = connection, deque()
+            self._due = asyncio.Event()
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read(connection, self._replies, self._due)
+            )
+        return self._connection
+
+    async def script(self, lua: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run a Lua script (EVALSHA; loaded first if Redis does not have it) and return its
+        reply."""
+        command = ("EVALSHA", _sha(lua), len(keys), *keys, *args)
+        try:
+            return await (await self.send(*command, reply=True))
+        except NoScriptError:
+            await (await self.send("SCRIPT", "LOAD", lua, reply=True))
+            return await (await self.send(*command, reply=True))
+
+    async def _read(
+        self, connection: Any, replies: deque[asyncio.Future[Any]], due: asyncio.Event
+    ) -> None:
+        while True:
+            if not replies:
+                due.clear()
+                await due.wait()
+                continue
+            try:
+                result = await connection.read_response()
+            except ResponseError as exc:
+                result = exc
+            except BaseException as exc:  # the connection is gone (redis-py closed it)
+                if self._connection is connection:
+                    self._connection = None  # the next command connects again
+                failure = exc if isinstance(exc, Exception) else RedisConnectionError(repr(exc))
+                while replies:
+                    future = replies.popleft()
+                    if not future.done():
+                        future.set_exception(failure)
+                if isinstance(exc, Exception):
+                    return
+                raise
+            future = replies.popleft()
+            if future.done():
+                continue
+            if isinstance(result, ResponseError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def close(self) -> None:
+        """Wait (up to the socket timeout) for the replies still due, then disconnect."""
+        if self._writer is not None:
+            await asyncio.wait({self._writer})
+        if self._replies:
+            await asyncio.wait(list(self._replies), timeout=SOCKET_TIMEOUT)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait({self._reader})
+        if self._connection is not None:
+            await self._connection.disconnect()
+            self._connection = None
+
+
+def _unheard(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a command whose reply nobody waits for; log a refusal."""
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None and not isinstance(exc, UNREACHABLE):
+        logger.warning("Redis refused a command sent without waiting: %r", exc)
+
+
+@cache
+def _sha(lua: str) -> str:
+    return hashlib.sha1(lua.encode()).hexdigest()
 
 
 class _Batcher:
