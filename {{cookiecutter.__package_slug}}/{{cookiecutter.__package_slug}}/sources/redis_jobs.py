@@ -1010,6 +1010,16 @@ class RedisJobs(Source):
 
         return [submit, stats]
 
+    async def gauges(self) -> dict[str, float]:
+        """Jobs waiting, pending with any consumer, and dead letters (what `qq stats` says)."""
+
+        def counts() -> JobStats:
+            with Jobs(self.settings) as jobs:
+                return jobs.stats()
+
+        stats = await asyncio.to_thread(counts)
+        return {"waiting": stats.waiting, "pending": stats.pending, "dead_letters": stats.dead}
+
     def check(self) -> str | None:
         """A PING to the stream's Redis, with a 2 s limit."""
         try:

@@ -26,6 +26,8 @@ from ..settings import Settings
 from ..spool import Batch, Consumer, Producer, recover
 from ..worker import Outcome, Source
 
+FOLDERS = ("ready", "claimed", "dead")  # batches waiting, held by a consumer, given up on
+
 
 class SpoolItem(NamedTuple):
     """One record of a claimed batch, as the reader receives it."""
@@ -138,10 +140,15 @@ class SpoolSource(Source):
         def stats() -> None:
             """Print the number of ready, claimed and dead batches as JSON."""
             recover(root, max_attempts=max_attempts)
-            counts = {name: len(_entries(root / name)) for name in ("ready", "claimed", "dead")}
+            counts = {name: len(_entries(root / name)) for name in FOLDERS}
             typer.echo(json.dumps({"root": str(root), **counts}))
 
         return [submit, stats]
+
+    async def gauges(self) -> dict[str, float]:
+        """Batches waiting (ready), pending (claimed) and dead, as `qq stats` counts them."""
+        counts = [len(_entries(self.root / name)) for name in FOLDERS]
+        return dict(zip(("waiting", "pending", "dead_letters"), counts, strict=True))
 
     def check(self) -> str | None:
         """The spool folder must exist and be writable."""

@@ -9,20 +9,29 @@ http://METRICS_HOST:METRICS_PORT/metrics from its event loop (no thread).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .remote import Outage
+from .source import Source
+
+logger = logging.getLogger(__name__)
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+GAUGES_TIMEOUT = 2.0  # seconds a scrape waits for the source's gauges
 
 
 @dataclass(frozen=True)
 class Metrics:
     """The metrics the runtime updates; `None` fields never occur (all or nothing)."""
 
+    name: str  # the metric names' prefix
     directory: str
     owns_directory: bool
     started: Any
@@ -34,12 +43,15 @@ class Metrics:
     queue_depth: Any
     restarts: Any
 
-    def render(self) -> bytes:
-        """The text exposition of every process's metrics, summed."""
+    def render(self, gauges: Mapping[str, float] | None = None) -> bytes:
+        """The text exposition of every process's metrics, summed, and the source's `gauges`
+        (as `<name>_source_<key>`)."""
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
+        if gauges:
+            registry.register(_SourceGauges(self.name, gauges))
         return generate_latest(registry)
 
     def process_exited(self, pid: int) -> None:
@@ -69,6 +81,7 @@ def create_metrics(prefix: str) -> Metrics:
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
     name = prefix.replace("-", "_")
     return Metrics(
+        name=name,
         directory=directory,
         owns_directory=owns,
         started=Counter(f"{name}_items_started", "Items a reader started.", registry=None),
@@ -93,14 +106,42 @@ def create_metrics(prefix: str) -> Metrics:
     )
 
 
-async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Server:
-    """Answer every HTTP request on host:port with the metrics page."""
+class _SourceGauges:
+    """A collector of the source's counts, read at one scrape."""
+
+    def __init__(self, name: str, gauges: Mapping[str, float]) -> None:
+        self.name, self.gauges = name, gauges
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for key, value in self.gauges.items():
+            help_text = f"The source's {key.replace('_', ' ')} count, read at this scrape."
+            yield GaugeMetricFamily(f"{self.name}_source_{key}", help_text, value=value)
+
+
+async def _read_gauges(source: Source, outage: Outage) -> Mapping[str, float]:
+    try:
+        gauges = await asyncio.wait_for(source.gauges(), GAUGES_TIMEOUT)
+    except Exception as exc:  # a scrape goes on without them
+        outage.failed(exc, "left out of the metrics page")
+        return {}
+    outage.ok()
+    return gauges
+
+
+async def serve_metrics(
+    metrics: Metrics, host: str, port: int, source: Source | None = None
+) -> asyncio.Server:
+    """Answer every HTTP request on host:port with the metrics page (and `source`'s gauges)."""
+    outage = Outage(f"gauges of {source!r}", logger)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while (await reader.readline()).strip():  # request line and headers
                 pass
-            body = metrics.render()
+            gauges = await _read_gauges(source, outage) if source is not None else None
+            body = metrics.render(gauges)
             head = (
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -14,7 +14,7 @@ Subclass `Source` and override what you need; every method has a working default
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -123,6 +123,15 @@ class Source:
     def check(self) -> str | None:
         """For `qq health`, from another process: a problem reaching the source, or None."""
         return None
+
+    async def gauges(self) -> Mapping[str, float]:
+        """Counts for the metrics page, read in the parent at each scrape: each `key: value`
+        becomes the gauge `<name>_source_<key>` (e.g. `waiting`, `pending`, `dead_letters`).
+
+        Should answer within GAUGES_TIMEOUT (2 s); if it fails or is late, that scrape leaves
+        the gauges out.
+        """
+        return {}
 
     @property
     def commits(self) -> bool:

@@ -152,7 +152,7 @@ class Supervisor:
             feeder = self.loop.create_task(self._feed())
             if metrics is not None:
                 host, port = self.plan.settings.metrics_host, self.plan.settings.metrics_port
-                server = await serve_metrics(metrics, host, port)
+                server = await serve_metrics(metrics, host, port, self.source)
             for _ in range(self.num_processes):
                 self._spawn()
             await self.end
