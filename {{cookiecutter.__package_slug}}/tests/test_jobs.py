@@ -4,7 +4,6 @@ bounded leases and pick-up time."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import signal
@@ -13,13 +12,23 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
-import redis
+from jobs_support import (
+    INSTANCE,
+    PROJECT,
+    acks,
+    client_for,
+    instances,
+    jobs_worker,
+    new_stream,
+    settings_for,
+    wait_for,
+    wait_until,
+)
 from servers import Server, running
 from support import Journal, fast_settings, free_port, kill_session
 
@@ -32,15 +41,10 @@ from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
     Jobs,
     JobsError,
     RedisJobs,
-    acked_name,
     dead_name,
     starts_name,
 )
-from {{ cookiecutter.__package_slug }}.worker import Permanent, Worker
-
-PROJECT = Path(__file__).resolve().parents[1]
-INSTANCE = PROJECT / "tests" / "jobs_instance.py"
-_streams = itertools.count()
+from {{ cookiecutter.__package_slug }}.worker import Permanent
 
 
 @pytest.fixture(scope="module")
@@ -51,81 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 def stream() -> str:
-    return f"t{os.getpid()}-{next(_streams)}:jobs"
-
-
-def settings_for(port: int, stream: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "jobs_redis_url": f"redis://127.0.0.1:{port}/0",
-        "jobs_stream": stream,
-        "jobs_claim_idle": 1.0,
-        "retry_backoff": 0.01,
-    }
-    values.update(overrides)
-    return fast_settings(**values)
-
-
-def client_for(port: int) -> redis.Redis:
-    return redis.Redis(port=port, decode_responses=True)
-
-
-def jobs_worker(
-    settings: Settings, reader: Callable[..., Any], consumer: str | None = None
-) -> Worker:
-    """A worker over the stream, recording its acknowledgements."""
-    source = RedisJobs(settings, consumer=consumer, record_acks=True)
-    return Worker("t", reader, settings=settings, source=source)
-
-
-def acks(port: int, stream: str) -> list[dict[str, str]]:
-    """Every accepted acknowledgement (RedisJobs(record_acks=True) records them)."""
-    with client_for(port) as client:
-        return [fields for _, fields in client.xrange(acked_name(stream))]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@contextmanager
-def instances(port: int, stream: str, journal: Journal) -> Iterator[Callable[..., Any]]:
-    """Start worker instances (own sessions); every one still running is killed at the end."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(consumer: str, command: str, *options: str) -> subprocess.Popen[str]:
-        head = [sys.executable, str(INSTANCE), str(port), stream, consumer, str(journal.path)]
-        process = subprocess.Popen(
-            [*head, command, *options],
-            cwd=PROJECT,
-            env={**os.environ, "PYTHONPATH": str(PROJECT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # its worker processes share its process group
-        )
-        started.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            if process.poll() is None:
-                kill_session(process)
-            process.communicate(timeout=10)
+    return new_stream()
 
 
 # ---- submitting -------------------------------------------------------------------------------
@@ -209,7 +139,8 @@ def test_command_line_submits_and_counts(server: Server, stream: str) -> None:
     assert bad.stderr.startswith("error: payload 'not json' is not JSON")
     assert len(bad.stderr.strip().splitlines()) == 1
     stats = run("stats")
-    assert json.loads(stats.stdout) == {"stream": stream, "waiting": 4, "pending": 0, "dead": 0}
+    counts = {"stream": stream, "waiting": 4, "pending": 0, "dead": 0, "scheduled": 0}
+    assert json.loads(stats.stdout) == counts
     listed = run("--help")
     assert listed.returncode == 0, listed.stderr
     assert {"serve", "drain", "health", "submit", "stats"} <= set(listed.stdout.split())

@@ -35,12 +35,16 @@ from typing import NamedTuple, Protocol
 __all__ = [
     "Batch",
     "Consumer",
+    "DeadBatch",
     "Producer",
     "Record",
     "Recovery",
     "SpoolError",
     "SpoolFull",
+    "dead_batches",
+    "purge_dead",
     "recover",
+    "replay_dead",
 ]
 
 # A batch file is MAGIC followed by frames: crc32 | data length | key length | flags | key | data.
@@ -1085,3 +1089,105 @@ def recover(root: str | os.PathLike[str], *, max_attempts: int = 5, fsync: bool 
     if fsync and (requeued or republished):
         _fsync_dir(layout.ready)
     return Recovery(requeued, republished, dead_lettered, removed, quarantined)
+
+
+@dataclass(frozen=True)
+class DeadBatch:
+    """A batch in ``dead/``: its file name there, how often it failed, the last error."""
+
+    name: str
+    failures: int
+    error: str
+    when: float  # when it was moved to dead/ (seconds since the epoch)
+
+
+def dead_batches(root: str | os.PathLike[str], limit: int | None = None) -> list[DeadBatch]:
+    """The batches in ``dead/``, oldest published first (at most ``limit``)."""
+    layout = _Layout(root)
+    batches: list[DeadBatch] = []
+    for name in sorted(_dead_names(layout)):
+        if limit is not None and len(batches) >= limit:
+            break
+        match = _NAME.match(name)
+        assert match is not None
+        note = os.path.join(layout.dead, f"{name}.error")
+        try:
+            with open(note, encoding="utf-8", errors="replace") as file:
+                error = file.read()
+            when = os.stat(note).st_mtime
+        except OSError:  # no note (an older spool), or purged meanwhile
+            error, when = "", _mtime(os.path.join(layout.dead, name))
+        batches.append(DeadBatch(name, int(match.group(2)), error.strip(), when))
+    return batches
+
+
+def replay_dead(
+    root: str | os.PathLike[str], names: list[str] | None = None, *, fsync: bool = True
+) -> int:
+    """Move dead batches (``names``, or all) back to ``ready/`` with their failures reset.
+
+    Each moves with one atomic rename, so a batch is replayed once even if two processes
+    replay it at once. Returns how many this call moved.
+    """
+    layout = _Layout(root)
+    moved = 0
+    for name in _dead_names(layout) if names is None else names:
+        match = _NAME.match(name)
+        if match is None:
+            continue
+        try:
+            os.rename(os.path.join(layout.dead, name), os.path.join(layout.ready, f"{match[1]}.0"))
+        except FileNotFoundError:  # not there, or replayed by someone else
+            continue
+        moved += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(layout.dead, f"{name}.error"))
+    if fsync and moved:
+        _fsync_dir(layout.ready)
+        _fsync_dir(layout.dead)
+    return moved
+
+
+def purge_dead(
+    root: str | os.PathLike[str],
+    names: list[str] | None = None,
+    older_than: float | None = None,
+    *,
+    fsync: bool = True,
+) -> int:
+    """Delete dead batches: ``names``, or all, or (with ``older_than``) those moved to
+    ``dead/`` more than that many seconds ago. Returns how many this call deleted."""
+    layout = _Layout(root)
+    if names is None:
+        cutoff = None if older_than is None else time.time() - older_than
+        names = [
+            batch.name for batch in dead_batches(root) if cutoff is None or batch.when < cutoff
+        ]
+    deleted = 0
+    for name in names:
+        if _NAME.match(name) is None:
+            continue
+        try:
+            os.unlink(os.path.join(layout.dead, name))
+        except FileNotFoundError:
+            continue
+        deleted += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(layout.dead, f"{name}.error"))
+    if fsync and deleted:
+        _fsync_dir(layout.dead)
+    return deleted
+
+
+def _dead_names(layout: _Layout) -> list[str]:
+    try:
+        return [name for name in os.listdir(layout.dead) if _NAME.match(name)]
+    except FileNotFoundError:
+        return []
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0

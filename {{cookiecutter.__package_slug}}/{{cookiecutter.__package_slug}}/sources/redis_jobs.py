@@ -25,15 +25,18 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache, partial
 from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
@@ -49,6 +52,7 @@ from redis.retry import Retry
 
 from ..settings import Settings
 from ..worker import Outcome, Source, SourceUnavailable
+from ..worker.dead_letters import DeadLetter, dead_letter_commands
 from ..worker.remote import Outage, refuse_password_in_url
 from ..worker.retry import backoff
 from ..worker.texts import shorten
@@ -109,12 +113,14 @@ class Delivery(NamedTuple):
 
 @dataclass(frozen=True)
 class JobStats:
-    """Counts of one stream: jobs not yet handed out, handed out and unacknowledged, dead."""
+    """Counts of one stream: jobs not yet handed out, handed out and unacknowledged, dead,
+    and scheduled for later."""
 
     stream: str
     waiting: int
     pending: int
     dead: int
+    scheduled: int = 0
 
 
 # ---- names and connections -----------------------------------------------------------------
@@ -138,6 +144,16 @@ def acked_name(stream: str) -> str:
 def starts_name(stream: str) -> str:
     """The hash that counts, per stream entry, the runs that started."""
     return f"{stream}:starts"
+
+
+def scheduled_name(stream: str) -> str:
+    """The sorted set of jobs submitted with a delay, by the time they are due (ms)."""
+    return f"{stream}:scheduled"
+
+
+def wake_name(stream: str) -> str:
+    """The stream that wakes idle workers when a job is scheduled before all others."""
+    return f"{stream}:wake"
 
 
 def _key_name(stream: str, key: str) -> str:
@@ -191,6 +207,27 @@ def _encode(payload: Any) -> str:
         ) from None
 
 
+def _due(delay: float | None, at: datetime | None) -> tuple[int, int] | None:
+    """(delay ms or -1, due time ms) for `_SCHEDULE`, or None for a job due now."""
+    if delay is not None and at is not None:
+        raise JobsError(f"delay={delay!r} and at={at!r}: give one of the two")
+    if delay is not None:
+        if not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
+            raise JobsError(f"delay {delay!r} must be a finite number of seconds >= 0")
+        return round(delay * 1000), 0
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise JobsError(f"at {at!r} must be a timezone-aware datetime (e.g. in UTC)")
+        return -1, round(at.timestamp() * 1000)
+    return None
+
+
+def _entry_time(entry: str) -> str:
+    """When a stream entry was added (its id's milliseconds), ISO 8601 in UTC."""
+    moment = datetime.fromtimestamp(int(entry.partition("-")[0]) / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds")
+
+
 def _check_key(key: str | None) -> None:
     if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
         raise JobsError(f"key {key!r} must be a non-empty str of at most 200 characters")
@@ -213,6 +250,22 @@ local function bury(d, maxlen, id, m, attempts, err, c)
   if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
   redis.call('XADD', unpack(a))
 end
+-- Move the scheduled jobs that are due (by Redis' clock) from the sorted set `z` into the
+-- stream `s`; return the ms until the next one is due, or -1 if none is scheduled.
+local function move_due(s, z)
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', ms, 'LIMIT', 0, 1000)) do
+    local j = cjson.decode(member)
+    local a = {s, '*', 'job', j['job'], 'payload', j['payload']}
+    if type(j['key']) == 'string' then a[#a + 1] = 'key'; a[#a + 1] = j['key'] end
+    redis.call('XADD', unpack(a))
+    redis.call('ZREM', z, member)
+  end
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if #first == 0 then return -1 end
+  return math.max(0, tonumber(first[2]) - ms)
+end
 -- Put entry `id` back for its next attempt (the runs that started count), or bury it.
 local function back(s, d, t, maxlen, id, m, err, c, maxa)
   local nexta = tonumber(m['attempt'] or '1') + tonumber(redis.call('HGET', t, id) or '0')
@@ -229,9 +282,12 @@ local function back(s, d, t, maxlen, id, m, err, c, maxa)
 end
 """
 
-# KEYS: stream, starts, dead. ARGV: group, consumer, count, mode (history|claim|new), cursor,
-# min idle ms, max attempts, dead maxlen, dead-letter error. Returns JSON [cursor, jobs]: one
-# bulk string is parsed much faster than nested replies by redis-py's Python parser. Fetching
+# KEYS: stream, starts, dead, scheduled. ARGV: group, consumer, count, mode
+# (history|claim|new), cursor, min idle ms, max attempts, dead maxlen, dead-letter error.
+# First moves the scheduled jobs that are due into the stream (in this one script, so each
+# moves once however many instances fetch). Returns JSON [cursor, jobs, ms until the next
+# scheduled job is due or -1]: one bulk string is parsed much faster than nested replies by
+# redis-py's Python parser. Fetching
 # counts no attempt: starting a job does. Each job comes with the attempt its next run is (the
 # entry's first attempt plus the runs of it that started); a job whose runs that started used
 # every attempt (their workers died) goes to the dead letters here and comes with attempt 0,
@@ -239,10 +295,11 @@ end
 _FETCH = (
     _HELPERS
     + """
-local s, t, d, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
+local s, t, d, z, g, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
 local n, mode, cursor = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local maxa, maxlen = tonumber(ARGV[7]), ARGV[8]
 local out = {}
+local nextdue = move_due(s, z)
 local function deliver(e, deliveries)
   local id = e[1]
   if not e[2] then redis.call('XACK', s, g, id); redis.call('HDEL', t, id); return end
@@ -270,7 +327,7 @@ if mode == 'history' then
     deliver(e, count(e[1]))
   end
   if #entries < n then cursor = '' end
-  return cjson.encode({cursor, out})
+  return cjson.encode({cursor, out, nextdue})
 end
 if mode == 'claim' then
   local r = redis.call('XAUTOCLAIM', s, g, c, ARGV[6], cursor, 'COUNT', n)
@@ -292,7 +349,7 @@ if p[1] > 0 then
 elseif fresh == 0 then
   redis.call('XTRIM', s, 'MAXLEN', 0)
 end
-return cjson.encode({cursor, out})
+return cjson.encode({cursor, out, nextdue})
 """
 )
 
@@ -388,6 +445,52 @@ return {1, id}
 """
 
 
+# KEYS: scheduled, wake, key marker (only for a keyed job). ARGV: job id, member (JSON), delay
+# ms (or -1), due time ms (when no delay), key ttl. Schedules a job (a delay counts on Redis'
+# clock); returns {1, id}, or {0, existing id} when the key was submitted within its ttl. A job
+# due before every other scheduled one adds an entry to the wake stream, so that an idle
+# worker blocked on the job stream (and the wake stream) wakes up to wait for this job's time.
+_SCHEDULE = """
+if KEYS[3] then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then return {0, existing} end
+end
+local due = tonumber(ARGV[4])
+if tonumber(ARGV[3]) >= 0 then
+  local now = redis.call('TIME')
+  due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[3])
+end
+redis.call('ZADD', KEYS[1], due, ARGV[2])
+if redis.call('ZRANGE', KEYS[1], 0, 0)[1] == ARGV[2] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'due', due)
+end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[5]) end
+return {1, ARGV[1]}
+"""
+
+# KEYS: dead, stream. ARGV: dead-letter entries. Moves each one that still exists back into
+# the stream as a new job (job id, payload and key kept, attempts reset) and deletes it, in one
+# script: replayed once even if two callers replay it at once. Returns how many it moved.
+_REPLAY = (
+    _HELPERS
+    + """
+local n = 0
+for _, id in ipairs(ARGV) do
+  local e = redis.call('XRANGE', KEYS[1], id, id)[1]
+  if e then
+    local m = fieldmap(e[2])
+    local a = {KEYS[2], '*', 'job', m['job'] or id, 'payload', m['payload'] or ''}
+    if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
+    redis.call('XADD', unpack(a))
+    redis.call('XDEL', KEYS[1], id)
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
+
 # ---- submitting ------------------------------------------------------------------------------
 class Jobs:
     """A blocking client of the job stream: submit jobs, read counts and dead letters."""
@@ -396,8 +499,11 @@ class Jobs:
         self.settings = settings if settings is not None else Settings()
         self.stream = stream_name(self.settings)
         self.dead = dead_name(self.stream)
+        self.scheduled = scheduled_name(self.stream)
         self.client = connect(self.settings)
         self._keyed = self.client.register_script(_SUBMIT_KEYED)
+        self._schedule = self.client.register_script(_SCHEDULE)
+        self._replay = self.client.register_script(_REPLAY)
 
     def __repr__(self) -> str:
         return f"Jobs(url={self.settings.jobs_redis_url!r}, stream={self.stream!r})"
@@ -412,20 +518,38 @@ class Jobs:
         """Close the connections."""
         self.client.close()
 
-    def submit(self, payload: Any, key: str | None = None) -> str | None:
-        """Add one job; return its id, or None when `key` was submitted within JOBS_KEY_TTL."""
-        return self.submit_many([payload], keys=[key])[0]
+    def submit(
+        self,
+        payload: Any,
+        key: str | None = None,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+    ) -> str | None:
+        """Add one job; return its id, or None when `key` was submitted within JOBS_KEY_TTL.
+
+        With `delay` (seconds, on Redis' clock) or `at` (a timezone-aware time) the job is
+        scheduled: workers get it when it is due, not before.
+        """
+        return self.submit_many([payload], keys=[key], delay=delay, at=at)[0]
 
     def submit_many(
-        self, payloads: Iterable[Any], keys: Iterable[str | None] | None = None
+        self,
+        payloads: Iterable[Any],
+        keys: Iterable[str | None] | None = None,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> list[str | None]:
-        """Add jobs in pipelined chunks; return their ids (None for an already-submitted key)."""
+        """Add jobs in pipelined chunks; return their ids (None for an already-submitted key).
+        `delay` or `at` schedule them all (see `submit`)."""
         items = list(payloads)
         key_list = list(keys) if keys is not None else [None] * len(items)
         if len(key_list) != len(items):
             raise JobsError(f"{len(key_list)} keys for {len(items)} payloads: give one per payload")
         for key in key_list:
             _check_key(key)
+        due = _due(delay, at)
         encoded = [_encode(payload) for payload in items]
         ids: list[str | None] = []
         ttl = self.settings.jobs_key_ttl
@@ -435,11 +559,17 @@ class Jobs:
                 encoded[start : start + CHUNK], key_list[start : start + CHUNK], strict=True
             )
             for text, key in chunk:
-                if key is None:
+                marker = [] if key is None else [_key_name(self.stream, key)]
+                if due is not None:
+                    job_id = uuid.uuid4().hex
+                    member = json.dumps({"job": job_id, "payload": text, "key": key})
+                    args: list[str | int] = [job_id, member, *due, ttl]
+                    targets = [self.scheduled, wake_name(self.stream), *marker]
+                    self._schedule(keys=targets, args=args, client=pipe)
+                elif key is None:
                     pipe.xadd(self.stream, {"payload": text})
                 else:
-                    marker = _key_name(self.stream, key)
-                    self._keyed(keys=[self.stream, marker], args=[text, key, ttl], client=pipe)
+                    self._keyed(keys=[self.stream, *marker], args=[text, key, ttl], client=pipe)
             for result in pipe.execute():
                 if isinstance(result, list):
                     ids.append(result[1] if result[0] == 1 else None)
@@ -454,19 +584,77 @@ class Jobs:
             groups = self.client.xinfo_groups(self.stream)
         except ResponseError:  # no stream yet
             groups = []
+        scheduled = int(self.client.zcard(self.scheduled))
         group = next((g for g in groups if g["name"] == self.settings.jobs_group), None)
         if group is None:  # nothing was handed out yet
-            return JobStats(self.stream, int(self.client.xlen(self.stream)), 0, dead)
+            waiting = int(self.client.xlen(self.stream))
+            return JobStats(self.stream, waiting, 0, dead, scheduled)
         waiting = group["lag"]
         if waiting is None:  # entries were deleted by hand: count those after the last delivered
             after = f"({group['last-delivered-id']}"
             waiting = len(cast(list[Any], self.client.xrange(self.stream, after, "+")))
-        return JobStats(self.stream, int(waiting), int(group["pending"]), dead)
+        return JobStats(self.stream, int(waiting), int(group["pending"]), dead, scheduled)
 
     def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The oldest `count` dead letters: job id, payload (JSON), key, attempts, error."""
         entries = cast(list[tuple[str, dict[str, str]]], self.client.xrange(self.dead, count=count))
         return [fields for _, fields in entries]
+
+    # dead letters (worker.dead_letters.DeadLetters: `qq dead list | replay | purge`)
+    def dead_list(self, limit: int) -> list[DeadLetter]:
+        """The oldest `limit` dead letters; their id is the dead-letter stream's entry."""
+        entries = cast(list[tuple[str, dict[str, str]]], self.client.xrange(self.dead, count=limit))
+        return [
+            DeadLetter(
+                id=entry,
+                job=fields.get("job", entry),
+                attempts=int(fields.get("attempts", 0)),
+                error=fields.get("error", ""),
+                when=_entry_time(entry),
+            )
+            for entry, fields in entries
+        ]
+
+    def dead_replay(self, ids: Sequence[str] | None) -> int:
+        """Move dead letters (None: all there are now) back into the stream as new jobs, job
+        id, payload and key kept, attempts reset; each once, even if two callers replay at
+        once. Returns how many."""
+        if ids is not None:
+            chunks = [list(ids[start : start + CHUNK]) for start in range(0, len(ids), CHUNK)]
+            return sum(self._replay_some(chunk) for chunk in chunks)
+        last = self._last_dead()
+        replayed = 0
+        while last is not None:
+            page = cast(list[tuple[str, Any]], self.client.xrange(self.dead, "-", last, CHUNK))
+            if not page:
+                break
+            replayed += self._replay_some([entry for entry, _ in page])
+        return replayed
+
+    def dead_purge(self, ids: Sequence[str] | None, older_than: float | None = None) -> int:
+        """Delete dead letters: these, or (None) all there are now, or those older than
+        `older_than` seconds (by Redis' clock). Returns how many."""
+        if ids is not None:
+            return sum(
+                int(self.client.xdel(self.dead, *ids[start : start + CHUNK]))
+                for start in range(0, len(ids), CHUNK)
+            )
+        if older_than is not None:
+            seconds, micros = self.client.time()
+            limit = seconds * 1000 + micros // 1000 - int(older_than * 1000)
+            return int(self.client.xtrim(self.dead, minid=f"{max(limit, 0)}-0", approximate=False))
+        last = self._last_dead()
+        if last is None:
+            return 0
+        ms, _, seq = last.partition("-")
+        return int(self.client.xtrim(self.dead, minid=f"{ms}-{int(seq) + 1}", approximate=False))
+
+    def _replay_some(self, entries: list[str]) -> int:
+        return int(self._replay(keys=[self.dead, self.stream], args=entries))
+
+    def _last_dead(self) -> str | None:
+        newest = cast(list[tuple[str, Any]], self.client.xrevrange(self.dead, count=1))
+        return newest[0][0] if newest else None
 
 
 _default: tuple[int, Jobs] | None = None
@@ -482,11 +670,19 @@ def _jobs_for(settings: Settings | None) -> tuple[Jobs, bool]:
     return _default[1], False
 
 
-def submit(payload: Any, key: str | None = None, settings: Settings | None = None) -> str | None:
-    """Add one JSON job to the stream; return its id, or None if `key` was seen recently."""
+def submit(
+    payload: Any,
+    key: str | None = None,
+    settings: Settings | None = None,
+    *,
+    delay: float | None = None,
+    at: datetime | None = None,
+) -> str | None:
+    """Add one JSON job to the stream; return its id, or None if `key` was seen recently.
+    `delay` (seconds) or `at` (an aware datetime) schedule it for later."""
     jobs, close = _jobs_for(settings)
     try:
-        return jobs.submit(payload, key)
+        return jobs.submit(payload, key, delay=delay, at=at)
     finally:
         if close:
             jobs.close()
@@ -496,11 +692,15 @@ def submit_many(
     payloads: Iterable[Any],
     keys: Iterable[str | None] | None = None,
     settings: Settings | None = None,
+    *,
+    delay: float | None = None,
+    at: datetime | None = None,
 ) -> list[str | None]:
-    """Add many JSON jobs in pipelined chunks; return their ids."""
+    """Add many JSON jobs in pipelined chunks; return their ids. `delay` or `at` schedule
+    them all for later."""
     jobs, close = _jobs_for(settings)
     try:
-        return jobs.submit_many(payloads, keys)
+        return jobs.submit_many(payloads, keys, delay=delay, at=at)
     finally:
         if close:
             jobs.close()
@@ -543,6 +743,8 @@ class RedisJobs(Source):
             )
         self.dead = dead_name(self.stream)
         self.starts = starts_name(self.stream)
+        self.scheduled = scheduled_name(self.stream)
+        self.wake = wake_name(self.stream)
         self.group = settings.jobs_group
         self.consumer = consumer or settings.jobs_consumer or default_consumer()
         self.record_acks = record_acks
@@ -608,23 +810,30 @@ class RedisJobs(Source):
             yield tuple(delivery)
 
     async def _fetch(self, desired: int, wait: float) -> list[Delivery]:
+        deadline = time.monotonic() + wait
         try:
             client = await self._open()
             if self._history is not None:
-                cursor, out = await self._call(client, desired, "history")
+                cursor, out, _ = await self._call(client, desired, "history")
                 self._history = cursor or None
                 if out or self._history is not None:
                     self._outage.ok()
                     return self._deliveries(out)
-            now = time.monotonic()
-            claim = now >= self._next_claim
-            cursor, out = await self._call(client, desired, "claim" if claim else "new")
-            if claim:
-                self._cursor = cursor
-                if cursor == "0-0":  # the whole pending list was scanned
-                    self._next_claim = now + self.interval
-            if not out and wait > 0:
-                out = await self._wait_for_new(client, desired, wait)
+            while True:
+                now = time.monotonic()
+                claim = now >= self._next_claim
+                cursor, out, due_in = await self._call(client, desired, "claim" if claim else "new")
+                if claim:
+                    self._cursor = cursor
+                    if cursor == "0-0":  # the whole pending list was scanned
+                        self._next_claim = now + self.interval
+                block = deadline - time.monotonic()
+                if due_in >= 0:  # wake up when the next scheduled job is due, to move it
+                    block = min(block, due_in / 1000)
+                if not out and block > 0:
+                    out = await self._wait_for_new(client, desired, block)
+                if out or time.monotonic() >= deadline:
+                    break  # else a scheduled job is due, or one was scheduled: fetch again
             self._outage.ok()
             return self._deliveries(out)
         except ResponseError as exc:
@@ -644,13 +853,18 @@ class RedisJobs(Source):
     async def _wait_for_new(self, client: aioredis.Redis, count: int, wait: float) -> list[Any]:
         """Block up to `wait` seconds for new entries (XREADGROUP BLOCK): no polling."""
         block = max(1, int(min(wait, BLOCK_MAX) * 1000))
+        streams: dict[Any, Any] = {self.stream: ">", self.wake: ">"}  # wake: see _SCHEDULE
         reply = await client.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=count, block=block
+            self.group, self.consumer, streams, count=count, block=block
         )
-        rows = []
-        for _, entries in cast(list[tuple[str, list[tuple[str, dict[str, str]]]]], reply or []):
+        rows, done, woken = [], [], []
+        for stream, entries in cast(list[tuple[str, list[tuple[str, Any]]]], reply or []):
             for entry, fields in entries:
-                if not fields:
+                if stream == self.wake:
+                    woken.append(entry)
+                    continue
+                if not fields:  # deleted
+                    done.append(entry)
                     continue
                 job = fields.get("job", entry)
                 rows.append(
@@ -663,6 +877,10 @@ class RedisJobs(Source):
                         1,
                     ]
                 )
+        if done:
+            await client.xack(self.stream, self.group, *done)
+        if woken:
+            await client.xack(self.wake, self.group, *woken)
         return rows
 
     async def finished(self) -> bool:
@@ -776,7 +994,7 @@ class RedisJobs(Source):
 
     async def _call(self, client: aioredis.Redis, count: int, mode: str) -> Any:
         reply = await self._scripts["fetch"](
-            keys=[self.stream, self.starts, self.dead],
+            keys=[self.stream, self.starts, self.dead, self.scheduled],
             args=[
                 self.group,
                 self.consumer,
@@ -821,20 +1039,21 @@ class RedisJobs(Source):
 
     async def _create_group(self) -> None:
         assert self._client is not None
-        try:
-            await self._client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in (self.stream, self.wake):
+            try:
+                await self._client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def _forget_old_consumers(self) -> None:
         """Delete consumers with no pending jobs, idle for an hour (or 10 claim times)."""
         assert self._client is not None
         limit = max(3600.0, 10 * self.settings.jobs_claim_idle) * 1000
-        consumers = await self._client.xinfo_consumers(self.stream, self.group)
-        for consumer in consumers:
-            if consumer["pending"] == 0 and consumer["idle"] > limit:
-                await self._client.xgroup_delconsumer(self.stream, self.group, consumer["name"])
+        for stream in (self.stream, self.wake):
+            for consumer in await self._client.xinfo_consumers(stream, self.group):
+                if consumer["pending"] == 0 and consumer["idle"] > limit:
+                    await self._client.xgroup_delconsumer(stream, self.group, consumer["name"])
 
     async def _renew_forever(self) -> None:
         outage = Outage(f"Redis jobs lease renewal ({self.consumer})")
@@ -956,13 +1175,16 @@ class RedisJobs(Source):
         )
 
     # command line and health
-    def commands(self) -> list[Callable[..., None]]:
-        """`submit` and `stats`."""
+    def commands(self) -> list[Callable[..., None] | typer.Typer]:
+        """`submit`, `stats` and `dead` (list, replay, purge)."""
         settings = self.settings
 
         def submit(
             payloads: list[str] = typer.Argument(..., help="JSON payloads; '-' reads JSON lines."),  # noqa: B008
             key: str | None = typer.Option(None, help="Skip the job if this key was submitted."),
+            delay: float | None = typer.Option(
+                None, min=0, help="Run the jobs this many seconds from now, not before."
+            ),
         ) -> None:
             """Add jobs to the Redis stream; print their ids."""
             texts: list[str] = []
@@ -989,7 +1211,7 @@ class RedisJobs(Source):
                 raise typer.Exit(2)
             try:
                 with Jobs(settings) as jobs:
-                    ids = jobs.submit_many(values, [key] * len(values))
+                    ids = jobs.submit_many(values, [key] * len(values), delay=delay)
             except (JobsError, redis.RedisError) as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
@@ -999,7 +1221,7 @@ class RedisJobs(Source):
                 )
 
         def stats() -> None:
-            """Print the number of waiting, pending and dead jobs as JSON."""
+            """Print the number of waiting, pending, dead and scheduled jobs as JSON."""
             try:
                 with Jobs(settings) as jobs:
                     counts = jobs.stats()
@@ -1008,7 +1230,9 @@ class RedisJobs(Source):
                 raise typer.Exit(2) from None
             typer.echo(json.dumps(counts.__dict__))
 
-        return [submit, stats]
+        where = f"the stream {dead_name(self.stream)}"
+        dead = dead_letter_commands(partial(Jobs, settings), where, (JobsError, redis.RedisError))
+        return [submit, stats, dead]
 
     async def gauges(self) -> dict[str, float]:
         """Jobs waiting, pending with any consumer, and dead letters (what `qq stats` says)."""
@@ -1018,7 +1242,12 @@ class RedisJobs(Source):
                 return jobs.stats()
 
         stats = await asyncio.to_thread(counts)
-        return {"waiting": stats.waiting, "pending": stats.pending, "dead_letters": stats.dead}
+        return {
+            "waiting": stats.waiting,
+            "pending": stats.pending,
+            "dead_letters": stats.dead,
+            "scheduled": stats.scheduled,
+        }
 
     def check(self) -> str | None:
         """A PING to the stream's Redis, with a 2 s limit."""

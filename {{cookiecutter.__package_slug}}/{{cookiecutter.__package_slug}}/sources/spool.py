@@ -15,16 +15,19 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import typer
 
 from ..settings import Settings
-from ..spool import Batch, Consumer, Producer, recover
+from ..spool import Batch, Consumer, Producer, dead_batches, purge_dead, recover, replay_dead
 from ..worker import Outcome, Source
+from ..worker.dead_letters import DeadLetter, dead_letter_commands
 
 FOLDERS = ("ready", "claimed", "dead")  # batches waiting, held by a consumer, given up on
 
@@ -121,8 +124,8 @@ class SpoolSource(Source):
             consumer.close()
         self._idle.clear()
 
-    def commands(self) -> list[Callable[..., None]]:
-        """`submit` (publish one batch) and `stats`."""
+    def commands(self) -> list[Callable[..., None] | typer.Typer]:
+        """`submit` (publish one batch), `stats` and `dead` (list, replay, purge)."""
         root, max_attempts = self.root, self.max_attempts
 
         def submit(
@@ -143,7 +146,9 @@ class SpoolSource(Source):
             counts = {name: len(_entries(root / name)) for name in FOLDERS}
             typer.echo(json.dumps({"root": str(root), **counts}))
 
-        return [submit, stats]
+        where = f"the batches in {root / 'dead'}"
+        dead = dead_letter_commands(lambda: nullcontext(_DeadBatches(root)), where, (OSError,))
+        return [submit, stats, dead]
 
     async def gauges(self) -> dict[str, float]:
         """Batches waiting (ready), pending (claimed) and dead, as `qq stats` counts them."""
@@ -168,6 +173,31 @@ class SpoolSource(Source):
 
     def _consumer(self) -> Consumer:
         return Consumer(self.root, max_attempts=self.max_attempts)
+
+
+class _DeadBatches:
+    """The spool's `dead/` folder as `worker.dead_letters.DeadLetters` (ids: batch names)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dead_list(self, limit: int) -> list[DeadLetter]:
+        return [
+            DeadLetter(
+                id=batch.name,
+                job=batch.name.partition(".")[0],
+                attempts=batch.failures,
+                error=batch.error,
+                when=datetime.fromtimestamp(batch.when, tz=UTC).isoformat(timespec="seconds"),
+            )
+            for batch in dead_batches(self.root, limit)
+        ]
+
+    def dead_replay(self, ids: Sequence[str] | None) -> int:
+        return replay_dead(self.root, None if ids is None else list(ids))
+
+    def dead_purge(self, ids: Sequence[str] | None, older_than: float | None) -> int:
+        return purge_dead(self.root, None if ids is None else list(ids), older_than)
 
 
 def _entries(folder: Path) -> list[str]:

@@ -59,7 +59,10 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
             raise typer.Exit(1)
 
     for command in worker.source.commands():
-        app.command()(command)
+        if isinstance(command, typer.Typer):
+            app.add_typer(command)
+        else:
+            app.command()(command)
 
     configure_logging(worker.settings.log_level, worker.settings.log_format)
     args = list(sys.argv[1:] if argv is None else argv) or ["serve"]

@@ -16,9 +16,12 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import WorkerError
+
+if TYPE_CHECKING:
+    import typer
 
 
 class Outcome(enum.Enum):
@@ -116,8 +119,9 @@ class Source:
         raises, the item fails with that error. Only called if a subclass overrides it.
         """
 
-    def commands(self) -> list[Callable[..., None]]:
-        """Extra command-line commands (typer command functions), e.g. `submit`, `stats`."""
+    def commands(self) -> list[Callable[..., None] | typer.Typer]:
+        """Extra command-line commands: typer command functions (e.g. `submit`, `stats`) or
+        command groups (a `typer.Typer` with a name, e.g. `dead`)."""
         return []
 
     def check(self) -> str | None:

@@ -1,0 +1,106 @@
+"""Dead letters you can act on: one `qq dead list | replay | purge` for every durable source.
+
+A source that gives up on items (the Redis stream's dead letters, the spool's `dead/` folder)
+implements `DeadLetters` and returns `dead_letter_commands(...)` among its `commands()`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import typer
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One item a source gave up on: its id for `replay` and `purge`, and why."""
+
+    id: str
+    job: str  # the item's own id (a Redis job id, a spool batch name)
+    attempts: int
+    error: str
+    when: str  # when it was given up on, ISO 8601 in UTC
+
+
+class DeadLetters(Protocol):
+    """What a source offers to act on its dead letters."""
+
+    def dead_list(self, limit: int) -> list[DeadLetter]:
+        """The oldest `limit` dead letters."""
+
+    def dead_replay(self, ids: Sequence[str] | None) -> int:
+        """Hand these dead letters (None: all) out again as new items, attempts reset; each
+        exactly once even when two callers replay at once. Returns how many."""
+
+    def dead_purge(self, ids: Sequence[str] | None, older_than: float | None) -> int:
+        """Delete these dead letters (None: all, or those older than `older_than` seconds).
+        Returns how many."""
+
+
+def dead_letter_commands(
+    open_letters: Callable[[], AbstractContextManager[DeadLetters]],
+    where: str,
+    failures: tuple[type[Exception], ...] = (),
+) -> typer.Typer:
+    """The `dead` command group (`list`, `replay`, `purge`) over what `open_letters` opens;
+    `failures` are printed as one line and exit 2."""
+    app = typer.Typer(name="dead", help=f"Act on the dead letters ({where}).", no_args_is_help=True)
+
+    @contextmanager
+    def letters() -> Iterator[DeadLetters]:
+        try:
+            with open_letters() as opened:
+                yield opened
+        except failures as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    @app.command("list")
+    def list_(
+        limit: int = typer.Option(20, min=1, help="How many, oldest first."),
+    ) -> None:
+        """Print the oldest dead letters, one JSON object a line (id, job, attempts, error,
+        when)."""
+        with letters() as opened:
+            for letter in opened.dead_list(limit):
+                typer.echo(json.dumps(asdict(letter)))
+
+    @app.command()
+    def replay(
+        ids: list[str] | None = typer.Argument(None, help="Dead-letter ids (`dead list`)."),  # noqa: B008
+        everything: bool = typer.Option(False, "--all", help="Replay every dead letter."),
+    ) -> None:
+        """Hand dead letters out again as new items (payload and key kept, attempts reset)."""
+        chosen = _choose(ids, everything, "replay")
+        with letters() as opened:
+            typer.echo(f"replayed {opened.dead_replay(chosen)}")
+
+    @app.command()
+    def purge(
+        ids: list[str] | None = typer.Argument(None, help="Dead-letter ids (`dead list`)."),  # noqa: B008
+        everything: bool = typer.Option(False, "--all", help="Purge every dead letter."),
+        older_than: float | None = typer.Option(
+            None, min=0, help="Purge the dead letters older than this many seconds."
+        ),
+    ) -> None:
+        """Delete dead letters for good."""
+        if older_than is not None and (ids or everything):
+            typer.echo("error: give ids, --all or --older-than, not several", err=True)
+            raise typer.Exit(2)
+        chosen = None if older_than is not None else _choose(ids, everything, "purge")
+        with letters() as opened:
+            typer.echo(f"purged {opened.dead_purge(chosen, older_than)}")
+
+    return app
+
+
+def _choose(ids: list[str] | None, everything: bool, verb: str) -> list[str] | None:
+    """The ids to act on, or None for all; exits 2 unless exactly one of the two was given."""
+    if bool(ids) == everything:
+        typer.echo(f"error: {verb} needs dead-letter ids or --all (one of the two)", err=True)
+        raise typer.Exit(2)
+    return None if everything else list(ids or [])
