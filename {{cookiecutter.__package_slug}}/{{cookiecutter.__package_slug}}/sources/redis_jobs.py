@@ -353,6 +353,12 @@ return cjson.encode({cursor, out, nextdue})
 """
 )
 
+# Start marks, many in one call (sent as EVAL, whose reply nobody waits for: no NOSCRIPT to
+# miss). KEYS: starts. ARGV: stream entries whose runs start.
+_MARK = """
+for _, id in ipairs(ARGV) do redis.call('HINCRBY', KEYS[1], id, 1) end
+"""
+
 # Acknowledgements of jobs that succeeded, many in one call. KEYS: stream, starts, acked.
 # ARGV: group, consumer, record acks (1|0), acked maxlen, and one string of space-separated
 # entry, deliveries, job id triples. Returns one flag per job: 1 (acknowledged now) or 0
@@ -710,9 +716,10 @@ def submit_many(
 @dataclass(frozen=True)
 class _Session:
     """What a worker process holds for the source: its one pipelined connection, and the
-    batcher that acknowledges many jobs in one call."""
+    batchers that record many starts, and acknowledge many jobs, in one call each."""
 
     wire: _Wire
+    marks: _Batcher
     acks: _Batcher
     outage: Outage
 
@@ -1100,7 +1107,11 @@ class RedisJobs(Source):
             call = partial(wire.script, _ACK, keys, [*head, triples])
             return [flag == "1" for flag in await _retrying(outage, settings.jobs_claim_idle, call)]
 
-        session = _Session(wire, _Batcher(acknowledge), outage)
+        async def mark(batch: list[str]) -> list[None]:  # written, the reply is not awaited
+            await wire.send("EVAL", _MARK, 1, self.starts, *batch)
+            return [None] * len(batch)
+
+        session = _Session(wire, _Batcher(mark), _Batcher(acknowledge), outage)
         try:
             yield session
         finally:
@@ -1122,8 +1133,9 @@ class RedisJobs(Source):
                 f"job {delivery.job_id}: the workers of its earlier runs stopped without an "
                 f"outcome {self.settings.jobs_max_attempts} time(s); moved to the dead letters"
             )
-        mark = partial(state.wire.send, "HINCRBY", self.starts, delivery.entry, 1)
-        await _retrying(state.outage, self.settings.jobs_claim_idle, mark)
+        await _retrying(
+            state.outage, self.settings.jobs_claim_idle, partial(state.marks, delivery.entry)
+        )
         try:
             payload = json.loads(delivery.payload)
         except ValueError as exc:
