@@ -50,7 +50,8 @@ def test_worker_takes_the_quasiqueue_constructor() -> None:
     theirs = list(inspect.signature(quasiqueue.QuasiQueue).parameters)
     assert positional == theirs == ["name", "reader", "writer", "context", "settings"]
     # Our additions are keyword-only, so calls written for QuasiQueue keep their meaning.
-    assert [p.name for p in ours if p.kind is inspect.Parameter.KEYWORD_ONLY] == ["source"]
+    added = [p.name for p in ours if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert added == ["source", "tracing"]
 
 
 def _run_stock_reader(results: Any) -> None:

@@ -38,6 +38,9 @@ from .sources.redis_jobs import Job, RedisJobs
 {%- elif source == "spool" %}
 from .sources.spool import SpoolItem, SpoolSource
 {%- endif %}
+{%- if cookiecutter.include_tracing %}
+from .tracing import Tracing
+{%- endif %}
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -131,6 +134,9 @@ runner = Worker(
 {%- endif %}
     context=context,
     settings=project_settings,
+{%- if cookiecutter.include_tracing %}
+    tracing=Tracing.from_env(),  # spans per item when OTEL_* names an exporter (docs/tracing.md)
+{%- endif %}
 )
 
 if __name__ == "__main__":

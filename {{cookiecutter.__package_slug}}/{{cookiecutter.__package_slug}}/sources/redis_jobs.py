@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -87,13 +88,15 @@ class Job:
 
     `id` stays the same across attempts (use it, or `key`, to make the reader idempotent);
     `attempt` counts from 1 the runs that started, this one included (also those whose
-    worker died); a job fetched but never started does not count.
+    worker died); a job fetched but never started does not count. `traceparent` is the W3C
+    trace context of the span current where it was submitted (with OpenTelemetry), or None.
     """
 
     id: str
     payload: Any
     key: str | None = None
     attempt: int = 1
+    traceparent: str | None = None
 
 
 class Delivery(NamedTuple):
@@ -109,6 +112,7 @@ class Delivery(NamedTuple):
     payload: str  # JSON text, decoded in the worker process
     attempt: int  # the attempt this run is; 0 for a job moved to the dead letters when fetched
     deliveries: int  # Redis' delivery count when handed out: settle and renew check it
+    traceparent: str = ""  # the submitter's trace context (W3C), or ""
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,7 @@ local function bury(d, maxlen, id, m, attempts, err, c)
   local a = {d, 'MAXLEN', '~', maxlen, '*', 'job', m['job'] or id, 'payload', m['payload'] or '',
              'attempts', attempts, 'error', err, 'consumer', c}
   if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
+  if m['traceparent'] then a[#a + 1] = 'traceparent'; a[#a + 1] = m['traceparent'] end
   redis.call('XADD', unpack(a))
 end
 -- Move the scheduled jobs that are due (by Redis' clock) from the sorted set `z` into the
@@ -259,6 +264,9 @@ local function move_due(s, z)
     local j = cjson.decode(member)
     local a = {s, '*', 'job', j['job'], 'payload', j['payload']}
     if type(j['key']) == 'string' then a[#a + 1] = 'key'; a[#a + 1] = j['key'] end
+    if type(j['traceparent']) == 'string' then
+      a[#a + 1] = 'traceparent'; a[#a + 1] = j['traceparent']
+    end
     redis.call('XADD', unpack(a))
     redis.call('ZREM', z, member)
   end
@@ -276,6 +284,7 @@ local function back(s, d, t, maxlen, id, m, err, c, maxa)
   end
   local a = {s, '*', 'job', m['job'] or id, 'payload', m['payload'] or '', 'attempt', nexta}
   if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
+  if m['traceparent'] then a[#a + 1] = 'traceparent'; a[#a + 1] = m['traceparent'] end
   if err ~= '' then a[#a + 1] = 'error'; a[#a + 1] = err end
   redis.call('XADD', unpack(a))
   return 1
@@ -313,7 +322,8 @@ local function deliver(e, deliveries)
     redis.call('HDEL', t, id)
     attempt = 0
   end
-  out[#out + 1] = {id, m['job'] or id, m['key'] or '', m['payload'] or '', attempt, deliveries}
+  out[#out + 1] = {id, m['job'] or id, m['key'] or '', m['payload'] or '', attempt, deliveries,
+                   m['traceparent'] or ''}
 end
 local function count(id)
   local p = redis.call('XPENDING', s, g, id, id, 1)[1]
@@ -441,11 +451,14 @@ return lost
 """
 )
 
-# KEYS: stream, key marker. ARGV: payload, key, ttl. Returns {1, id} or {0, existing id}.
+# KEYS: stream, key marker. ARGV: payload, key, ttl, traceparent (optional). Returns {1, id}
+# or {0, existing id}.
 _SUBMIT_KEYED = """
 local existing = redis.call('GET', KEYS[2])
 if existing then return {0, existing} end
-local id = redis.call('XADD', KEYS[1], '*', 'payload', ARGV[1], 'key', ARGV[2])
+local a = {KEYS[1], '*', 'payload', ARGV[1], 'key', ARGV[2]}
+if ARGV[4] then a[#a + 1] = 'traceparent'; a[#a + 1] = ARGV[4] end
+local id = redis.call('XADD', unpack(a))
 redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
 return {1, id}
 """
@@ -487,6 +500,7 @@ for _, id in ipairs(ARGV) do
     local m = fieldmap(e[2])
     local a = {KEYS[2], '*', 'job', m['job'] or id, 'payload', m['payload'] or ''}
     if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
+    if m['traceparent'] then a[#a + 1] = 'traceparent'; a[#a + 1] = m['traceparent'] end
     redis.call('XADD', unpack(a))
     redis.call('XDEL', KEYS[1], id)
     n = n + 1
@@ -559,6 +573,7 @@ class Jobs:
         encoded = [_encode(payload) for payload in items]
         ids: list[str | None] = []
         ttl = self.settings.jobs_key_ttl
+        traceparent = _traceparent()  # the submitter's span, carried to the worker's
         for start in range(0, len(items), CHUNK):
             pipe = self.client.pipeline(transaction=False)
             chunk = zip(
@@ -568,14 +583,25 @@ class Jobs:
                 marker = [] if key is None else [_key_name(self.stream, key)]
                 if due is not None:
                     job_id = uuid.uuid4().hex
-                    member = json.dumps({"job": job_id, "payload": text, "key": key})
+                    fields = {"job": job_id, "payload": text, "key": key}
+                    if traceparent is not None:
+                        fields["traceparent"] = traceparent
+                    member = json.dumps(fields)
                     args: list[str | int] = [job_id, member, *due, ttl]
                     targets = [self.scheduled, wake_name(self.stream), *marker]
                     self._schedule(keys=targets, args=args, client=pipe)
                 elif key is None:
-                    pipe.xadd(self.stream, {"payload": text})
+                    pipe.xadd(
+                        self.stream,
+                        {"payload": text}
+                        if traceparent is None
+                        else {"payload": text, "traceparent": traceparent},
+                    )
                 else:
-                    self._keyed(keys=[self.stream, *marker], args=[text, key, ttl], client=pipe)
+                    keyed: list[str | int] = [text, key, ttl]
+                    if traceparent is not None:
+                        keyed.append(traceparent)
+                    self._keyed(keys=[self.stream, *marker], args=keyed, client=pipe)
             for result in pipe.execute():
                 if isinstance(result, list):
                     ids.append(result[1] if result[0] == 1 else None)
@@ -661,6 +687,26 @@ class Jobs:
     def _last_dead(self) -> str | None:
         newest = cast(list[tuple[str, Any]], self.client.xrevrange(self.dead, count=1))
         return newest[0][0] if newest else None
+
+
+@cache
+def _propagate() -> Any:
+    """OpenTelemetry's `propagate` module, or None where OpenTelemetry is not installed."""
+    try:
+        return importlib.import_module("opentelemetry.propagate")
+    except ImportError:
+        return None
+
+
+def _traceparent() -> str | None:
+    """The W3C trace context of the span current in this program, if OpenTelemetry is
+    installed and a span is current (through the global propagator); else None."""
+    propagate = _propagate()
+    if propagate is None:
+        return None
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers.get("traceparent")
 
 
 _default: tuple[int, Jobs] | None = None
@@ -882,6 +928,7 @@ class RedisJobs(Source):
                         fields.get("payload", ""),
                         int(fields.get("attempt", 1)),
                         1,
+                        fields.get("traceparent", ""),
                     ]
                 )
         if done:
@@ -1021,7 +1068,7 @@ class RedisJobs(Source):
     def _deliveries(rows: Any) -> list[Delivery]:
         if not rows:  # Lua's cjson writes an empty table as {}
             return []
-        return [Delivery(e, j, k, p, int(a), int(d)) for e, j, k, p, a, d in rows]
+        return [Delivery(e, j, k, p, int(a), int(d), t) for e, j, k, p, a, d, t in rows]
 
     async def _open(self) -> aioredis.Redis:
         if self._client is None:
@@ -1140,7 +1187,13 @@ class RedisJobs(Source):
             payload = json.loads(delivery.payload)
         except ValueError as exc:
             raise JobsError(f"payload {shorten(delivery.payload)} is not JSON: {exc}") from None
-        return Job(delivery.job_id, payload, delivery.key or None, delivery.attempt)
+        return Job(
+            delivery.job_id,
+            payload,
+            delivery.key or None,
+            delivery.attempt,
+            delivery.traceparent or None,
+        )
 
     async def commit(self, item: Any, state: _Session, error: str | None) -> None:
         """Acknowledge a job that succeeded; put back (after the retry backoff) or bury one

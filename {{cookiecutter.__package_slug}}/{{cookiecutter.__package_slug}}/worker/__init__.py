@@ -4,6 +4,7 @@ Your code lives in `qq.py`; this package runs it. See docs/worker.md.
 """
 
 from .errors import ContextError, SignatureError, WorkerError, WriterError
+from .instrument import Instrument
 from .retry import Permanent, ReaderTimeout, RetryAfter
 from .runner import Worker
 from .source import Failure, Outcome, Source, SourceUnavailable
@@ -13,6 +14,7 @@ from .writer_source import WriterSource
 __all__ = [
     "ContextError",
     "Failure",
+    "Instrument",
     "Outcome",
     "Permanent",
     "ReaderTimeout",

@@ -23,11 +23,12 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
 
 from .calls import keywords, open_context
+from .instrument import Instrument
 from .metrics import Metrics
 from .retry import Permanent, ReaderTimeout, RetryAfter, backoff
 from .source import Failure, Source
@@ -37,6 +38,7 @@ from .wire import Frame, FrameReader, Kind, encode
 logger = logging.getLogger(__name__)
 
 CONTEXT_FAILED_EXIT = 3
+_UNTRACED = nullcontext()  # the span of a reader call when nothing traces it
 READ_AHEAD = 2  # items per reader slot a process holds that it has not started
 CANCEL_GRACE = 1.0  # seconds a timed-out async reader gets to finish cancelling
 
@@ -57,6 +59,8 @@ class ReaderPlan:
     source: Source
     timeout: float = 0.0  # READER_TIMEOUT: seconds one reader call may take; 0: no limit
     metrics: Metrics | None = None
+    name: str = ""  # the worker's
+    tracing: Instrument | None = None  # with one, each item's payload starts with its carrier
 
 
 def run_worker_process(sock: socket.socket, inherited: list[int], plan: ReaderPlan) -> None:
@@ -66,7 +70,11 @@ def run_worker_process(sock: socket.socket, inherited: list[int], plan: ReaderPl
     for fd in inherited:  # the parent's ends of sibling sockets: keep EOF meaning "parent gone"
         with suppress(OSError):
             os.close(fd)
-    code = asyncio.run(_WorkerProcess(sock, plan).run())
+    try:
+        code = asyncio.run(_WorkerProcess(sock, plan).run())
+    finally:
+        if plan.tracing is not None:  # after the context closed: its spans are sent too
+            plan.tracing.process_stopping()
     raise SystemExit(code)
 
 
@@ -97,6 +105,8 @@ class _WorkerProcess(asyncio.Protocol):
         self.closed = loop.create_future()
         async with AsyncExitStack() as stack:
             try:
+                if self.plan.tracing is not None:
+                    self.plan.tracing.process_started(self.plan.name)
                 self.state = await stack.enter_async_context(self.plan.source.session())
                 self.ctx = await open_context(stack, self.plan.context, self.plan.settings)
             except Exception as exc:
@@ -170,7 +180,10 @@ class _WorkerProcess(asyncio.Protocol):
         holding = True  # this item holds one of the reader slots
         reported = False
         started = time.perf_counter()
+        carrier: bytes | None = None
         try:
+            if self.plan.tracing is not None:  # the parent put the item's carrier first
+                carrier, _, payload = payload.partition(b"\n")
             try:
                 item = pickle.loads(payload)
             except BaseException as exc:  # any failure is the item's outcome
@@ -181,9 +194,9 @@ class _WorkerProcess(asyncio.Protocol):
                 reported = True
                 return
             if self.begins or self.marks_starts:
-                attempt, error, timed_out = await self._attempt(seq, item)
+                attempt, error, timed_out = await self._attempt(seq, item, carrier)
             else:
-                attempt, error, timed_out = await self._read(item)
+                attempt, error, timed_out = await self._read(item, seq, carrier)
             if self.commits:
                 holding = False
                 self._reader_done()  # the next item reads while this one commits
@@ -212,7 +225,9 @@ class _WorkerProcess(asyncio.Protocol):
             if holding:  # after the outcome is queued, so it is sent before the next item runs
                 self._reader_done()
 
-    async def _attempt(self, seq: int, item: Any) -> tuple[int, str | None, bool]:
+    async def _attempt(
+        self, seq: int, item: Any, carrier: bytes | None
+    ) -> tuple[int, str | None, bool]:
         """Begin and read one item: (attempts made, error or None, whether it timed out)."""
         source = self.plan.source
         try:
@@ -224,7 +239,7 @@ class _WorkerProcess(asyncio.Protocol):
         if self.marks_starts:  # the parent times sync readers
             self._send(encode(Kind.STARTED, seq))
             self._flush()  # now: the reader is about to block this process
-        return await self._read(given)
+        return await self._read(given, seq, carrier)
 
     async def _commit(self, source: Source, item: Any, error: str | None) -> str | None:
         """Run the source's commit; return the item's error, or None if it succeeded."""
@@ -236,9 +251,12 @@ class _WorkerProcess(asyncio.Protocol):
             return error_text(exc)
         return error
 
-    async def _read(self, item: Any) -> tuple[int, str | None, bool]:
+    async def _read(
+        self, item: Any, seq: int, carrier: bytes | None
+    ) -> tuple[int, str | None, bool]:
         """Run the reader on `item`, retrying as planned: (attempts made, final error or None,
-        whether it failed by overrunning READER_TIMEOUT).
+        whether it failed by overrunning READER_TIMEOUT). With tracing (`carrier` not None)
+        each try runs in its own span.
 
         Whatever the reader raises, `BaseException`s included, ends as the item's failure: a
         `Permanent` error is not retried, a `RetryAfter` sets the wait before the next try.
@@ -252,12 +270,18 @@ class _WorkerProcess(asyncio.Protocol):
         while True:
             attempt += 1
             try:
-                result = plan.reader(**kwargs)
-                if inspect.isawaitable(result):
-                    if plan.timeout:
-                        await _within(result, plan.timeout)
-                    else:
-                        await result
+                tracing = plan.tracing
+                with (
+                    _UNTRACED
+                    if carrier is None or tracing is None
+                    else tracing.span(item, seq, attempt, carrier)
+                ):
+                    result = plan.reader(**kwargs)
+                    if inspect.isawaitable(result):
+                        if plan.timeout:
+                            await _within(result, plan.timeout)
+                        else:
+                            await result
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # every failure is the item's outcome

@@ -11,6 +11,7 @@ from ..settings import Settings
 from .calls import check_context, check_reader
 from .child import READ_AHEAD, ReaderPlan
 from .errors import SignatureError
+from .instrument import Instrument
 from .metrics import Metrics, create_metrics
 from .source import Source
 from .summary import Summary
@@ -31,7 +32,8 @@ class Worker:
     functions the same way, by keyword; or with `source=` (a `Source`: the spool, Redis
     Streams, your own) in place of the writer. `main()` serves until SIGTERM or SIGINT;
     `drain()` runs until the source has nothing more and every item has finished, and returns
-    a `Summary`. How each item ended goes to the source (`Source.settle`).
+    a `Summary`. How each item ended goes to the source (`Source.settle`). `tracing`, if
+    given, opens a span around each reader call (`worker.instrument.Instrument`).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class Worker:
         settings: Settings | None = None,
         *,
         source: Source | None = None,
+        tracing: Instrument | None = None,
     ) -> None:
         self.name = name
         self.reader = reader
@@ -60,6 +63,7 @@ class Worker:
                 raise SignatureError("give a writer (an async generator function) or a source=")
             source = WriterSource(writer, self.settings)
         self.source = source
+        self.tracing = tracing
 
     async def main(self) -> None:
         """Serve until SIGTERM or SIGINT, then finish in-flight items and return."""
@@ -104,6 +108,8 @@ class Worker:
             metrics=metrics,
             source=source,
             timeout=settings.reader_timeout,
+            name=self.name,
+            tracing=self.tracing,
         )
         return Supervisor(self.name, source, plan, drain=drain, progress=progress)
 

@@ -37,6 +37,8 @@ from .writer_source import WriterSource
 
 logger = logging.getLogger(__name__)
 
+# Always fork, whatever the interpreter's default (forkserver on Linux from Python 3.14): the
+# reader, context and source reach worker processes unpickled (docs/worker.md).
 FORK = multiprocessing.get_context("fork")
 KILL_WAIT = 5.0  # seconds to wait for a killed process to be reaped
 PICKLE = pickle.HIGHEST_PROTOCOL
@@ -116,6 +118,7 @@ class Supervisor:
         self.graceful_timeout: float = settings.graceful_shutdown_timeout
         self.max_jobs: int = settings.max_jobs_per_process or 0
         self.window = plan.window  # items one process may hold, committing ones included
+        self.tracing = plan.tracing
 
         self.loop = asyncio.get_running_loop()
         self.seq = itertools.count(1)
@@ -284,6 +287,8 @@ class Supervisor:
                 recent.popitem(last=False)
         seq = next(self.seq)
         self.items[seq] = item
+        if self.tracing is not None:  # the trace context current here (the writer's span)
+            payload = self.tracing.carrier() + b"\n" + payload
         self.pending.append((seq, payload))
         self.enqueued += 1
         self.idle.clear()
@@ -489,7 +494,10 @@ class Supervisor:
         for seq in sorted(child.outstanding):
             if child.overran is not None and seq not in child.finishing:
                 # Its sync reader ran only the item that overran: these never started.
-                self.pending.appendleft((seq, pickle.dumps(self.items[seq], PICKLE)))
+                payload = pickle.dumps(self.items[seq], PICKLE)
+                if self.tracing is not None:  # their carriers are not kept: no parent span
+                    payload = b"\n" + payload
+                self.pending.appendleft((seq, payload))
                 continue
             error = f"worker process {child.process.name} exited (code {code}) while holding it"
             self._lose(self.items.pop(seq), Outcome.LOST, error)

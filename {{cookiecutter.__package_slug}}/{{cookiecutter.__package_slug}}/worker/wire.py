@@ -1,7 +1,8 @@
 """The frames a parent and its worker processes exchange over one socket pair.
 
 A frame is a fixed header (kind, sequence number, attempts, payload length) followed by the
-payload: a pickled item on the way to a worker process, an error text on the way back.
+payload: a pickled item on the way to a worker process (with tracing, after its trace
+carrier and a newline), an error text on the way back.
 """
 
 from __future__ import annotations

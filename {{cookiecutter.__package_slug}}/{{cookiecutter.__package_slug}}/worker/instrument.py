@@ -1,0 +1,41 @@
+"""The seam for tracing each item: `Worker(..., tracing=...)` takes any object with these
+four methods (the project's `tracing.py` is one, for OpenTelemetry).
+
+Without one (the default) the runtime does nothing more per item than check that it is None.
+With one, the parent asks it for the trace context current when it accepts an item (inside the
+writer's span, say), sends that along with the item, and each worker process runs each reader
+call (each try: retries included) inside the span it opens.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+
+class Instrument(Protocol):
+    """What the runtime calls, in this order, on an instrument given as `tracing=`."""
+
+    def carrier(self) -> bytes:
+        """In the parent, when an item is accepted from the source: the trace context current
+        there, as bytes without a newline (b"" for none). It travels with the item."""
+        ...
+
+    def process_started(self, name: str) -> None:
+        """In each worker process, after the fork and before any item: set up what the spans
+        need (`name` is the worker's)."""
+        ...
+
+    def span(
+        self, item: Any, item_id: object, attempt: int, carrier: bytes
+    ) -> AbstractContextManager[object]:
+        """In a worker process, around one reader call: `item` as the reader gets it,
+        `item_id` the runtime's number for it, `attempt` counting from 1 the tries of this
+        run, `carrier` what `carrier()` returned for it. The reader's exception, if any,
+        passes through the context manager (which must not swallow it)."""
+        ...
+
+    def process_stopping(self) -> None:
+        """In each worker process, last, before it exits (stopped, recycled, or drained):
+        hand over what is buffered. Called even if the context failed to open."""
+        ...
