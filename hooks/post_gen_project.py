@@ -1,13 +1,15 @@
 """Post-generation hook: prune the files of disabled features, then validate the render.
 
-Runs in the generated project directory. It only deletes files and checks what is left:
-no network, no installs, and running it twice changes nothing more. On a failed check it
-prints one line per problem and exits 1, and cookiecutter removes the directory.
+Runs in the generated project directory. It only deletes files, checks what is left and
+prints the next steps: no network, no installs, and running it twice changes nothing more.
+On a failed check it prints one line per problem and exits 1, and cookiecutter removes the
+directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -22,6 +24,7 @@ FEATURE_FILES = {
         "tests/test_cache.py",
         "tests/servers.py",
         "docs/cache.md",
+        "deploy/k8s/secret.yaml",
     ],
     "include_streaming_io": [
         "{slug}/streaming.py",
@@ -42,10 +45,14 @@ FEATURE_FILES = {
         "{slug}/sources/__init__.py",
         "{slug}/sources/redis_jobs.py",
         "tests/test_jobs.py",
+        "tests/test_jobs_operations.py",
         "tests/jobs_instance.py",
+        "tests/jobs_support.py",
         "tests/servers.py",
         "bench/bench_jobs.py",
         "docs/scaling.md",
+        "deploy/k8s/scaledobject.yaml",
+        "deploy/k8s/secret.yaml",
     ],
     "include_spool": [
         "{slug}/spool.py",
@@ -53,10 +60,16 @@ FEATURE_FILES = {
         "{slug}/sources/spool.py",
         "tests/test_spool.py",
         "tests/test_spool_worker.py",
+        "tests/test_spool_dead.py",
         "tests/test_spool_props.py",
         "tests/test_spool_procs.py",
         "bench/bench_spool.py",
         "docs/spool.md",
+    ],
+    "include_tracing": [
+        "{slug}/tracing.py",
+        "tests/test_tracing.py",
+        "docs/tracing.md",
     ],
 }
 # "\x7b" is "{": written so that Jinja does not read these patterns as tags.
@@ -151,15 +164,56 @@ def validate(root: Path) -> list[str]:
     return problems
 
 
+def where(root: Path, cwd: str | None) -> str:
+    """`root` as the user would `cd` to it: relative to their shell's folder when inside it."""
+    if cwd:
+        relative = os.path.relpath(root, cwd)
+        if not relative.startswith(os.pardir):
+            return relative
+    return str(root)
+
+
+def next_steps(root: Path, context: dict) -> str:
+    """What to type after the render, in order, a few lines."""
+    slug = context["__package_slug"]
+    if context["include_redis_jobs"]:
+        job = json.dumps({"n": 1})
+        first = f"python -m {slug}.qq submit '{job}'   # then: make drain"
+    elif context["include_spool"]:
+        first = f"python -m {slug}.qq submit 'a record'   # then: make drain"
+    else:
+        first = "make drain     # run the sample jobs once; make serve serves until Ctrl-C"
+    lines = [
+        f"Created {context['__project_name']}. Next:",
+        f"  cd {where(root, os.environ.get('PWD'))}",
+        "  git init       # before pre-commit install (and cruft), which need a repository",
+        "  make install   # .venv with the project and its dev tools",
+        "  make test      # ruff, mypy --strict and the tests",
+        f"  {first}",
+    ]
+    local_redis = "docker compose up -d redis (or redis-server) serves it on 127.0.0.1:6379"
+    if context["include_redis_jobs"]:
+        lines.append(f"  Jobs live in Redis: {local_redis}.")
+    elif context["include_aiocache"]:
+        lines.append(f"  The cache is in memory; for Redis, {local_redis}.")
+    if context["include_redis_jobs"] or context["include_aiocache"]:
+        lines.append("  The tests start their own servers and skip those not installed.")
+    lines.append(f"Edit {slug}/qq.py, then rewrite tests/test_qq.py, which tests its sample.")
+    return "\n".join(lines)
+
+
 def main() -> int:
-    """Prune, then validate; return 1 if a check failed."""
+    """Prune, validate, then print the next steps; return 1 if a check failed."""
     root = Path.cwd()
     select_license(root, CONTEXT)
     prune(root, CONTEXT)
     problems = validate(root)
     for problem in problems:
         print(f"ERROR: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    if problems:
+        return 1
+    print(next_steps(root, CONTEXT))
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 MAX_NAME_LENGTH = 40
 LICENSES = ("MIT", "Apache-2.0", "BSD-3-Clause", "GPL-3.0-only", "Proprietary")
-PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
+PYTHON_VERSIONS = ("3.11", "3.12", "3.13", "3.14")
 # Import names the rendered project depends on or creates: a package of the same name would
 # shadow them.
 TAKEN = frozenset(
@@ -54,6 +54,7 @@ TAKEN = frozenset(
 )
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+NAME_RULE = "use ASCII letters, digits, spaces, '-' or '_', starting with a letter"
 UNRENDERED = re.compile(r"\x7b[\x7b%]")  # an opening Jinja tag
 
 
@@ -69,9 +70,9 @@ def check(context: dict) -> None:
                 f"private variable {key} was not rendered ({value!r}): "
                 "this template needs cookiecutter >= 2.2; upgrade it (pip install -U cookiecutter)"
             )
-    name = context["project_name"]
+    name = context["project_name"].strip()  # the render uses it trimmed (__project_name)
     slug = context["__package_slug"]
-    if not name.strip():
+    if not name:
         raise Rejected("project_name is empty: give the project a name, e.g. 'My Worker'")
     if len(name) > MAX_NAME_LENGTH:
         raise Rejected(
@@ -79,13 +80,16 @@ def check(context: dict) -> None:
             f"the limit is {MAX_NAME_LENGTH}"
         )
     if "/" in name or "\\" in name:
-        raise Rejected(
-            f"project_name {name!r} contains a slash: use letters, digits, spaces, '-' or '_'"
-        )
+        raise Rejected(f"project_name {name!r} contains a slash: {NAME_RULE}")
     if not IDENTIFIER.fullmatch(slug):
+        if not slug.isascii():
+            what = "is not ASCII"
+        elif not slug.isidentifier():
+            what = "is not a Python identifier"
+        else:
+            what = "does not start with a letter"
         raise Rejected(
-            f"project_name {name!r} gives the package name {slug!r}, which is not a Python "
-            "identifier: use letters, digits, spaces, '-' or '_', starting with a letter"
+            f"project_name {name!r} gives the package name {slug!r}, which {what}: {NAME_RULE}"
         )
     if keyword.iskeyword(slug) or keyword.issoftkeyword(slug):
         raise Rejected(f"project_name {name!r} gives the package name {slug!r}, a Python keyword")

@@ -1,6 +1,7 @@
 """`cruft create` from a tag, a user edit, a skipped file, a new tagged template version,
-`cruft update --checkout` to it: the template's change and the user's edit are both kept,
-and the skipped file is left alone."""
+`cruft diff --checkout` and `cruft update --checkout` to it: the template's change and the
+user's edit are both kept, and the skipped file is left alone. A project made with plain
+`cookiecutter` is linked with `cruft link`, as the README says, and then checks clean."""
 
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ def git(cwd: Path, *args: str) -> str:
     return result.stdout
 
 
-def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Path) -> None:
+def template_repository(tmp_path: Path) -> Path:
+    """The template's working tree committed to a new repository, tagged v0.1.0."""
     template = tmp_path / "template"
     shutil.copytree(TEMPLATE, template, ignore=IGNORED)
     git(template, "init", "-q", "-b", "main")
     git(template, "add", "-A")
     git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "v1")
     git(template, "tag", "v0.1.0")
+    return template
+
+
+def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Path) -> None:
+    template = template_repository(tmp_path)
 
     out = tmp_path / "out"
     created = run(
@@ -69,6 +76,16 @@ def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Pat
 
     checked = run([str(BIN / "cruft"), "check"], cwd=project)
     assert checked.returncode != 0  # the project is behind the template
+    # `cruft diff`: the project against the template at its recorded commit (only our edit);
+    # with --checkout, against the new version (its change and our edit, as the README says).
+    recorded = run([str(BIN / "cruft"), "diff"], cwd=project)
+    assert recorded.returncode == 0, recorded.stderr
+    assert "our real work" in recorded.stdout
+    assert "(v2)" not in recorded.stdout
+    ahead = run([str(BIN / "cruft"), "diff", "--checkout", "v0.2.0"], cwd=project)
+    assert ahead.returncode == 0, ahead.stderr
+    assert "(v2)" in ahead.stdout
+    assert "our real work" in ahead.stdout
     updated = run(
         [
             *(str(BIN / "cruft"), "update", "--checkout", "v0.2.0"),
@@ -85,3 +102,26 @@ def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Pat
         json.loads(cruft_json.read_text())["commit"] == git(template, "rev-parse", "v0.2.0").strip()
     )
     assert run([str(BIN / "cruft"), "check"], cwd=project).returncode == 0
+
+
+def test_a_plain_cookiecutter_project_is_linked_with_cruft_link(tmp_path: Path) -> None:
+    template = template_repository(tmp_path)
+    out = tmp_path / "out"
+    made = run(
+        [str(BIN / "cookiecutter"), "--no-input", "--output-dir", str(out), str(template)],
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    project = out / "my_worker"
+    assert not (project / ".cruft.json").exists()
+    assert run([str(BIN / "cruft"), "check"], cwd=project).returncode != 0  # not linked yet
+
+    linked = run([str(BIN / "cruft"), "link", "--no-input", str(template)], cwd=project)
+    assert linked.returncode == 0, linked.stdout + linked.stderr
+
+    state = json.loads((project / ".cruft.json").read_text())
+    assert state["commit"] == git(template, "rev-parse", "HEAD").strip()
+    checked = run([str(BIN / "cruft"), "check"], cwd=project)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    differences = run([str(BIN / "cruft"), "diff", "--exit-code"], cwd=project)
+    assert differences.returncode == 0, differences.stdout  # the render is the template's

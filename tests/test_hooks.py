@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 from conftest import TEMPLATE
 from cookiecutter.environment import StrictEnvironment
 from cookiecutter.generate import generate_context
@@ -45,7 +47,9 @@ REJECTED = [
     ({"project_name": "QuasiQueue"}, "would shadow a package the project depends on"),
     ({"project_name": "aiocache"}, "would shadow a package the project depends on"),
     ({"project_name": "pydantic"}, "would shadow a package the project depends on"),
-    ({"project_name": "9 Lives"}, "'9_lives', which is not a Python identifier"),
+    ({"project_name": "9 Lives"}, "'9_lives', which is not a Python identifier: use ASCII"),
+    ({"project_name": "Café Worker"}, "'café_worker', which is not ASCII: use ASCII letters"),
+    ({"project_name": "_private"}, "'_private', which does not start with a letter"),
     ({"project_name": "My Worker!"}, "'my_worker!', which is not a Python identifier"),
     ({"project_name": "../escape"}, "project_name '../escape' contains a slash"),
     ({"project_name": "a\\b"}, "contains a slash"),
@@ -81,6 +85,16 @@ def test_unrendered_private_variable_says_upgrade(tmp_path: Path) -> None:
     hook = load_hook("pre_gen_project", default_context(), tmp_path)
     with pytest.raises(hook.Rejected, match=r"__package_slug was not rendered .* upgrade it"):
         hook.check(context)
+
+
+def test_python_versions_are_3_11_to_3_14_with_3_12_the_default(tmp_path: Path) -> None:
+    hook = load_hook("pre_gen_project", default_context(), tmp_path)
+    assert default_context()["python_version"] == "3.12"
+    config = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    assert sorted(config["python_version"]) == sorted(hook.PYTHON_VERSIONS)
+    assert hook.PYTHON_VERSIONS == ("3.11", "3.12", "3.13", "3.14")
+    with pytest.raises(hook.Rejected, match=r"python_version '3.10' is not one of 3.11, "):
+        hook.check({**default_context(), "python_version": "3.10"})
 
 
 def test_every_rule_accepts_the_defaults(tmp_path: Path) -> None:
@@ -189,3 +203,57 @@ def test_cookiecutter_json_prompts_cover_every_question() -> None:
     config = json.loads((TEMPLATE / "cookiecutter.json").read_text())
     questions = {key for key in config if not key.startswith("_")}
     assert questions == set(config["__prompts__"])
+
+
+def test_the_name_is_used_without_the_spaces_around_it(cookies: Any) -> None:
+    result = cookies.bake(extra_context={"project_name": "  spaces  "})
+
+    assert result.exit_code == 0, result.exception
+    project = Path(result.project_path)
+    assert project.name == "spaces"
+    assert (project / "README.md").read_text().startswith("# spaces\n")
+    assert (project / ".env.example").read_text().startswith("# Settings of spaces: ")
+    namespace: dict[str, Any] = {}
+    exec(
+        compile((project / "spaces" / "__init__.py").read_text(), "__init__.py", "exec"), namespace
+    )
+    assert namespace["__doc__"].startswith("spaces: ")
+    rendered = "".join(path.read_text() for path in project.rglob("*") if path.is_file())
+    assert "  spaces" not in rendered
+    assert not re.search(r"spaces  (?!# )", rendered)  # two spaces before a comment are YAML's
+
+
+def next_steps(capfd: pytest.CaptureFixture[str]) -> list[str]:
+    """The lines the post-gen hook printed, from the first ("Created ...") on."""
+    out = capfd.readouterr().out.splitlines()
+    return out[next(i for i, line in enumerate(out) if line.startswith("Created ")) :]
+
+
+def test_next_steps_are_printed_in_order(
+    cookies: Any, capfd: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    result = cookies.bake()
+    assert result.exit_code == 0, result.exception
+    steps = [line.split("#")[0].strip() for line in next_steps(capfd)]
+
+    project = Path(result.project_path)
+    hook = load_hook("post_gen_project", default_context(), tmp_path)
+    assert steps[1] == f"cd {hook.where(project, os.environ.get('PWD'))}"
+    assert steps[2:6] == ["git init", "make install", "make test", "make drain"]
+    assert not any("redis" in step for step in steps)
+    assert len(steps) <= 8
+    assert hook.where(project, str(project.parent)) == "my_worker"
+    assert hook.where(project, str(tmp_path / "elsewhere")) == str(project)
+
+
+@pytest.mark.parametrize("feature", ["include_redis_jobs", "include_aiocache"])
+def test_next_steps_say_how_to_get_a_local_redis(
+    cookies: Any, capfd: pytest.CaptureFixture[str], feature: str
+) -> None:
+    result = cookies.bake(extra_context={feature: True})
+    assert result.exit_code == 0, result.exception
+    steps = "\n".join(next_steps(capfd))
+
+    assert "docker compose up -d redis (or redis-server)" in steps
+    compose = yaml.safe_load((Path(result.project_path) / "compose.yaml").read_text())
+    assert compose["services"]["redis"]["ports"] == ["127.0.0.1:6379:6379"]

@@ -24,7 +24,7 @@ COMBOS: dict[str, dict[str, Any]] = {
         **ALL_ON,
         "project_name": "Billing-Sync Worker",
         "license": "Apache-2.0",
-        "python_version": "3.13",
+        "python_version": "3.14",  # ruff formats for 3.14: template code must read the same
     },
     "all-off": {
         **ALL_OFF,
@@ -44,11 +44,13 @@ COMBOS: dict[str, dict[str, Any]] = {
         "include_redis_jobs": True,
         "project_name": "fan-out",
         "license": "MIT",
+        "python_version": "3.13",
     },
     "spool-and-queue": {
         **ALL_OFF,
         "include_spool": True,
         "include_bounded_queue": True,
+        "include_tracing": True,  # tracing without Redis jobs (all-on has both)
         "project_name": "orders",
         "python_version": "3.12",
     },
@@ -98,7 +100,11 @@ def test_configs_parse_and_carry_the_answers(baked: tuple[dict[str, Any], Path])
     assert pyproject["project"]["authors"] == [
         {"name": expect["author_name"], "email": expect["author_email"]}
     ]
-    assert pyproject["project"]["requires-python"] == f">={expect['python_version']}"
+    oldest = expect["python_version"]
+    assert pyproject["project"]["requires-python"] == f">={oldest}"
+    assert pyproject["tool"]["ruff"]["target-version"] == f"py{oldest.replace('.', '')}"
+    assert pyproject["tool"]["mypy"]["python_version"] == oldest
+    assert f"ARG PYTHON_VERSION={oldest}\n" in (project / "Dockerfile").read_text()
     assert "quasiqueue>=0.7,<0.8" in pyproject["project"]["dependencies"]
     readme = (project / "README.md").read_text()
     assert f"Cookiecutter template (version {defaults['__template_version']})" in readme
@@ -127,6 +133,7 @@ def test_feature_files_follow_the_flags(baked: tuple[dict[str, Any], Path]) -> N
         "include_bounded_queue": "bounded_queue.py",
         "include_spool": "sources/spool.py",
         "include_redis_jobs": "sources/redis_jobs.py",
+        "include_tracing": "tracing.py",
     }
     for feature, module in modules.items():
         assert (package / module).exists(), module
@@ -179,8 +186,78 @@ def test_rendered_test_suite_passes(
     assert re.search(r"\d+ passed", result.stdout)
 
 
+# A user's first edit: qq.py rewritten for other items (ints, a sync reader, no settings).
+USERS_QQ = '''"""Invoices orders: our worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from .settings import settings as project_settings
+from .worker import Worker
+
+PENDING = list(range(1, 11))
+
+
+@dataclass
+class Ledger:
+    total: int = 0
+
+
+async def writer(desired: int) -> AsyncIterator[int]:
+    batch, PENDING[:desired] = PENDING[:desired], []
+    for order_id in batch:
+        yield order_id
+
+
+async def context() -> AsyncIterator[Ledger]:
+    yield Ledger()
+
+
+def reader(item: int, ctx: Ledger) -> None:
+    ctx.total += item * 2
+
+
+runner = Worker(
+    project_settings.project_name,
+    reader=reader,
+    writer=writer,
+    context=context,
+    settings=project_settings,
+)
+
+if __name__ == "__main__":
+    runner.cli()
+'''
+
+
+@pytest.mark.parametrize("baked", ["defaults"], indirect=True)
+def test_after_rewriting_qq_only_its_sample_tests_fail(
+    baked: tuple[dict[str, Any], Path], tmp_path: Path, tmp_path_factory: Any
+) -> None:
+    """As the rendered README says: only tests/test_qq.py, the sample's tests, needs rewriting."""
+    project = tmp_path / baked[1].name
+    shutil.copytree(baked[1], project)
+    (project / project.name / "qq.py").write_text(USERS_QQ)
+
+    assert_passes([str(BIN / "ruff"), "check", "--no-cache", "."], project)
+    assert_passes([str(BIN / "ruff"), "format", "--no-cache", "--check", "."], project)
+    cache = tmp_path_factory.getbasetemp() / "mypy-cache"
+    typed = run([sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache), "."], project)
+    errors = [line for line in typed.stdout.splitlines() if ": error:" in line]
+    assert errors, typed.stdout  # the sample's tests no longer type-check...
+    assert all(line.startswith("tests/test_qq.py:") for line in errors), typed.stdout  # only they
+    pytest_command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    rest = run([*pytest_command, "-m", "not slow", "--ignore=tests/test_qq.py"], project)
+    assert rest.returncode == 0, rest.stdout[-6000:] + rest.stderr[-3000:]
+    assert "test_qq_contract.py" in run([*pytest_command, "--co", "-q"], project).stdout
+    assert run([*pytest_command, "tests/test_qq.py"], project).returncode != 0
+
+
 # ---- the production kit: container, workflows, pre-commit ------------------------------------
-VERSIONS = ["3.10", "3.11", "3.12", "3.13"]
+VERSIONS = json.loads((TEMPLATE / "cookiecutter.json").read_text())["python_version"]
+VERSIONS = sorted(VERSIONS, key=lambda version: tuple(map(int, version.split("."))))
 
 
 def test_dockerfile_is_hadolint_clean(baked: tuple[dict[str, Any], Path]) -> None:
@@ -202,7 +279,8 @@ def test_workflows_are_zizmor_clean(baked: tuple[dict[str, Any], Path]) -> None:
 
 def test_workflow_and_hook_structure(baked: tuple[dict[str, Any], Path]) -> None:
     answers, project = baked
-    oldest = answers.get("python_version", VERSIONS[0])
+    default = json.loads((TEMPLATE / "cookiecutter.json").read_text())["python_version"][0]
+    oldest = answers.get("python_version", default)
     workflows = {
         path.name: yaml.safe_load(path.read_text())
         for path in (project / ".github" / "workflows").glob("*.yml")

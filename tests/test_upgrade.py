@@ -79,6 +79,8 @@ def test_cruft_update_from_the_previous_version(
         [
             *(str(BIN / "cruft"), "update", "--checkout", "v2"),
             *("--skip-apply-ask", "--allow-untracked-files"),
+            # CHANGELOG.md, "How to upgrade": Python 3.10 is no longer offered.
+            *("--variables-to-update", json.dumps({"python_version": "3.11"})),
         ],
         cwd=project,
     )

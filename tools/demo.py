@@ -34,7 +34,16 @@ def main() -> int:
 
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
-    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output)))
+    # The defaults, but supporting the Python running the demo when it is older than the
+    # default minimum (the demo installs the project with this Python).
+    config = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    versions = config["python_version"]
+    older = [int(part) for part in running.split(".")] < [int(p) for p in versions[0].split(".")]
+    answers = {"python_version": running} if running in versions and older else {}
+    project = Path(
+        cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output), extra_context=answers)
+    )
     print(f"rendered   {project}")
 
     environment = project / ".venv"

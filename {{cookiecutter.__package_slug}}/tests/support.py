@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -122,11 +123,9 @@ def running_in_group(pgid: int) -> list[int]:
     """PIDs of the processes of group `pgid` that are not yet dead or zombies."""
     alive = []
     for candidate in psutil.process_iter():
-        try:
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
             if os.getpgid(candidate.pid) == pgid and candidate.status() != psutil.STATUS_ZOMBIE:
                 alive.append(candidate.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
     return alive
 
 

@@ -1,6 +1,10 @@
 {%- set source = "redis" if cookiecutter.include_redis_jobs else ("spool" if cookiecutter.include_spool else "writer") -%}
-"""qq.py's reader and context, called exactly as the worker (and QuasiQueue) calls them, and
-its commands end to end."""
+"""Tests of the sample code in qq.py: rewrite this file when you replace the sample.
+
+They call the sample reader and context exactly as the worker (and QuasiQueue) calls them,
+with the sample's items, and run its commands end to end. What must hold for any qq.py is
+in test_qq_contract.py, which stays as it is.
+"""
 
 from __future__ import annotations
 
@@ -96,7 +100,7 @@ def test_help_lists_every_command() -> None:
 {%- if source == "writer" %}
     assert listed == {"serve", "drain", "health"}
 {%- else %}
-    assert listed == {"serve", "drain", "health", "submit", "stats"}
+    assert {"serve", "drain", "health", "submit", "stats"} <= listed  # and the source's others
 {%- endif %}
 {%- if source == "writer" %}
 

@@ -13,7 +13,12 @@ from support import Journal, fast_settings
 from typer.testing import CliRunner
 
 from {{ cookiecutter.__package_slug }}.sources.spool import SpoolItem, SpoolSource
-from {{ cookiecutter.__package_slug }}.spool import Producer, dead_batches, purge_dead, replay_dead
+from {{ cookiecutter.__package_slug }}.spool import (
+    Producer,
+    dead_batches,
+    purge_dead,
+    replay_dead,
+)
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 

@@ -714,10 +714,10 @@ class HashingQueueIO(LimitedQueueIO):
         super().__init__(memory_limit, chunk_size, timeout=timeout)
         try:
             hasher = hashlib.new(hash_algorithm)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError) as error:  # with `as`: one format for every target
             raise ValueError(
                 f"hash_algorithm must be a hashlib algorithm name, got {hash_algorithm!r}"
-            ) from None
+            ) from error
         if hasher.digest_size == 0:
             raise ValueError(
                 f"hash_algorithm must have a fixed digest size, got {hash_algorithm!r}"
