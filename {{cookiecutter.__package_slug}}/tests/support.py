@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import multiprocessing
 import os
 import signal
 import socket
@@ -135,3 +136,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def at_once_in_two_processes(call: Callable[[], int]) -> list[int]:
+    """Run `call` in two forked processes that start it together; return what each returned."""
+    fork = multiprocessing.get_context("fork")
+    start, results = fork.Barrier(2), fork.Queue()
+
+    def run() -> None:
+        start.wait(10)
+        results.put(call())
+
+    processes = [fork.Process(target=run) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0, f"{process.name} exited with {process.exitcode}"
+    return [results.get(timeout=5) for _ in processes]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import subprocess
@@ -12,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from jobs_support import (
@@ -25,7 +24,7 @@ from jobs_support import (
     wait_until,
 )
 from servers import Server, running
-from support import Journal
+from support import Journal, at_once_in_two_processes
 
 from {{ cookiecutter.__package_slug }}.settings import Settings
 from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
@@ -48,11 +47,10 @@ def stream() -> str:
     return new_stream()
 
 
-def _replay(settings: Settings, ids: list[str], start: Any, counts: Any) -> None:
-    """In a separate process: wait for the other replayer, then replay `ids`."""
+def _replay(settings: Settings, ids: list[str]) -> int:
+    """Replay `ids` with a client of this process."""
     with Jobs(settings) as jobs:
-        start.wait(10)
-        counts.put(jobs.dead_replay(ids))
+        return jobs.dead_replay(ids)
 
 
 async def test_dead_letters_listed_replayed_once_from_two_processes_and_purged(
@@ -77,15 +75,7 @@ async def test_dead_letters_listed_replayed_once_from_two_processes_and_purged(
 
     # Two operators replay the same 20 at once: each dead letter goes back exactly once.
     chosen = [letter.id for letter in letters[:20]]
-    fork = multiprocessing.get_context("fork")
-    start, counts = fork.Barrier(2), fork.Queue()
-    replayers = [fork.Process(target=_replay, args=(settings, chosen, start, counts)) for _ in "ab"]
-    for process in replayers:
-        process.start()
-    for process in replayers:
-        process.join(30)
-        assert process.exitcode == 0
-    assert counts.get(timeout=5) + counts.get(timeout=5) == 20
+    assert sum(at_once_in_two_processes(lambda: _replay(settings, chosen))) == 20
 
     def record(item: Job) -> None:
         journal.add(item.id, item.key, item.attempt)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import typer
-from support import Journal, fast_settings
+from support import Journal, at_once_in_two_processes, fast_settings
 from typer.testing import CliRunner
 
 from {{ cookiecutter.__package_slug }}.sources.spool import SpoolItem, SpoolSource
@@ -20,12 +18,6 @@ from {{ cookiecutter.__package_slug }}.spool import (
     replay_dead,
 )
 from {{ cookiecutter.__package_slug }}.worker import Worker
-
-
-def _replay(root: Path, names: list[str], start: Any, counts: Any) -> None:
-    """In a separate process: wait for the other replayer, then replay `names`."""
-    start.wait(10)
-    counts.put(replay_dead(root, names))
 
 
 async def test_dead_batches_listed_replayed_once_from_two_processes_and_purged(
@@ -48,15 +40,7 @@ async def test_dead_batches_listed_replayed_once_from_two_processes_and_purged(
     assert all(batch.failures == 1 and "no good: k" in batch.error for batch in dead)
 
     chosen = [batch.name for batch in dead[:20]]
-    fork = multiprocessing.get_context("fork")
-    start, counts = fork.Barrier(2), fork.Queue()
-    replayers = [fork.Process(target=_replay, args=(root, chosen, start, counts)) for _ in "ab"]
-    for process in replayers:
-        process.start()
-    for process in replayers:
-        process.join(30)
-        assert process.exitcode == 0
-    assert counts.get(timeout=5) + counts.get(timeout=5) == 20
+    assert sum(at_once_in_two_processes(lambda: replay_dead(root, chosen))) == 20
 
     def record(item: SpoolItem) -> None:
         journal.add(item.key, item.attempt)

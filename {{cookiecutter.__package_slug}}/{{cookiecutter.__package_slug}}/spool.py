@@ -27,7 +27,7 @@ import traceback
 import weakref
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple, Protocol
@@ -1130,18 +1130,11 @@ def replay_dead(
     replay it at once. Returns how many this call moved.
     """
     layout = _Layout(root)
-    moved = 0
-    for name in _dead_names(layout) if names is None else names:
-        match = _NAME.match(name)
-        if match is None:
-            continue
-        try:
-            os.rename(os.path.join(layout.dead, name), os.path.join(layout.ready, f"{match[1]}.0"))
-        except FileNotFoundError:  # not there, or replayed by someone else
-            continue
-        moved += 1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(layout.dead, f"{name}.error"))
+
+    def move(name: str, batch_id: str) -> None:
+        os.rename(os.path.join(layout.dead, name), os.path.join(layout.ready, f"{batch_id}.0"))
+
+    moved = _each_dead(layout, _dead_names(layout) if names is None else names, move)
     if fsync and moved:
         _fsync_dir(layout.ready)
         _fsync_dir(layout.dead)
@@ -1163,20 +1156,29 @@ def purge_dead(
         names = [
             batch.name for batch in dead_batches(root) if cutoff is None or batch.when < cutoff
         ]
-    deleted = 0
-    for name in names:
-        if _NAME.match(name) is None:
-            continue
-        try:
-            os.unlink(os.path.join(layout.dead, name))
-        except FileNotFoundError:
-            continue
-        deleted += 1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(layout.dead, f"{name}.error"))
+    deleted = _each_dead(layout, names, lambda name, _: os.unlink(os.path.join(layout.dead, name)))
     if fsync and deleted:
         _fsync_dir(layout.dead)
     return deleted
+
+
+def _each_dead(layout: _Layout, names: list[str], act: Callable[[str, str], None]) -> int:
+    """``act(name, batch id)`` on each named batch of ``dead/``, then drop its error note;
+    a batch that is not there (another process got to it first) is skipped. Returns how
+    many it acted on."""
+    done = 0
+    for name in names:
+        match = _NAME.match(name)
+        if match is None:
+            continue
+        try:
+            act(name, match[1])
+        except FileNotFoundError:
+            continue
+        done += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(layout.dead, f"{name}.error"))
+    return done
 
 
 def _dead_names(layout: _Layout) -> list[str]:

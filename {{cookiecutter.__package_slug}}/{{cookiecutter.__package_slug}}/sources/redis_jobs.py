@@ -732,12 +732,7 @@ def submit(
 ) -> str | None:
     """Add one JSON job to the stream; return its id, or None if `key` was seen recently.
     `delay` (seconds) or `at` (an aware datetime) schedule it for later."""
-    jobs, close = _jobs_for(settings)
-    try:
-        return jobs.submit(payload, key, delay=delay, at=at)
-    finally:
-        if close:
-            jobs.close()
+    return submit_many([payload], [key], settings, delay=delay, at=at)[0]
 
 
 def submit_many(
