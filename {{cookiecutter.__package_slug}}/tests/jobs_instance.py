@@ -17,7 +17,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,11 @@ class JournaledJobs(RedisJobs):
         super().__init__(*args, **kwargs)
         self.journal = journal
 
-    async def begin(self, item: Any, state: Any) -> Job:
-        delivery = Delivery._make(item)
-        event = "begin" if delivery.attempt else "buried"
-        self.journal.add(event, delivery.job_id, self.consumer, os.getpid())
-        return await super().begin(item, state)
+    async def begin(self, items: Sequence[Any], state: Any) -> list[Job | Exception]:
+        for delivery in map(Delivery._make, items):
+            event = "begin" if delivery.attempt else "buried"
+            self.journal.add(event, delivery.job_id, self.consumer, os.getpid())
+        return await super().begin(items, state)
 
 
 def main() -> None:

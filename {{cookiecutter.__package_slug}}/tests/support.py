@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import multiprocessing
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,20 @@ class RecordingSource(WriterSource):
 
 
 class CommittingSource(RecordingSource):
-    """A `RecordingSource` whose worker processes run `commit` after the reader."""
+    """A `RecordingSource` whose worker processes run `commit` after the reader: the test's
+    `commit(item, state, error)` for each item of a call, all at once; an item whose
+    `commit` raises fails with that error."""
 
-    async def commit(self, item: Any, state: Any, error: str | None) -> None:
+    async def commit(
+        self, done: Sequence[tuple[Any, str | None]], state: Any
+    ) -> list[Exception | None]:
         assert self._commit is not None
-        await self._commit(item, state, error)
+        calls = [self._commit(item, state, error) for item, error in done]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        return [result if isinstance(result, Exception) else None for result in results]
 
 
 def fast_settings(**overrides: Any) -> Settings:

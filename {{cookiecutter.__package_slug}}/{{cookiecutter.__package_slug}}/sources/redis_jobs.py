@@ -62,7 +62,6 @@ logger = logging.getLogger(__name__)
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 CHUNK = 1000  # jobs per pipeline or script call
-CALLS_IN_FLIGHT = 1  # batches of acknowledgements one worker process has on the wire at once
 OUTAGE_PAUSE = 0.25  # seconds between two tries of an unreachable Redis while fetching
 SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as failed
 BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the socket timeout
@@ -146,7 +145,7 @@ def acked_name(stream: str) -> str:
 
 
 def starts_name(stream: str) -> str:
-    """The hash that counts, per stream entry, the runs that started."""
+    """The hash that holds, per stream entry, the attempt of its last run that started."""
     return f"{stream}:starts"
 
 
@@ -274,9 +273,16 @@ local function move_due(s, z)
   if #first == 0 then return -1 end
   return math.max(0, tonumber(first[2]) - ms)
 end
+-- The attempt the next run of entry `id` (fields `m`) is: the one after the last run of it
+-- that started (the starts hash holds that run's attempt), else the entry's own.
+local function next_attempt(t, id, m)
+  local started = tonumber(redis.call('HGET', t, id) or '0')
+  if started > 0 then return started + 1 end
+  return tonumber(m['attempt'] or '1')
+end
 -- Put entry `id` back for its next attempt (the runs that started count), or bury it.
 local function back(s, d, t, maxlen, id, m, err, c, maxa)
-  local nexta = tonumber(m['attempt'] or '1') + tonumber(redis.call('HGET', t, id) or '0')
+  local nexta = next_attempt(t, id, m)
   redis.call('HDEL', t, id)
   if nexta > maxa then
     bury(d, maxlen, id, m, nexta - 1, err, c)
@@ -309,12 +315,12 @@ local n, mode, cursor = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local maxa, maxlen = tonumber(ARGV[7]), ARGV[8]
 local out = {}
 local nextdue = move_due(s, z)
-local function deliver(e, deliveries)
+local function deliver(e, deliveries, fresh)
   local id = e[1]
   if not e[2] then redis.call('XACK', s, g, id); redis.call('HDEL', t, id); return end
   local m = fieldmap(e[2])
-  local first = tonumber(m['attempt'] or '1')
-  local attempt = first + tonumber(redis.call('HGET', t, id) or '0')
+  local attempt = tonumber(m['attempt'] or '1')
+  if not fresh then attempt = next_attempt(t, id, m) end  -- runs of it may have started
   if attempt > maxa then
     bury(d, maxlen, id, m, attempt - 1, ARGV[9] .. ' (attempt ' .. (attempt - 1) .. ' of ' ..
          maxa .. ')' .. (m['error'] and ('; earlier: ' .. m['error']) or ''), c)
@@ -349,7 +355,7 @@ local fresh = -1
 if n > 0 then
   local r = redis.call('XREADGROUP', 'GROUP', g, c, 'COUNT', n, 'STREAMS', s, '>')
   fresh = r and #r[1][2] or 0
-  if r then for _, e in ipairs(r[1][2]) do deliver(e, 1) end end
+  if r then for _, e in ipairs(r[1][2]) do deliver(e, 1, true) end end  -- never delivered
 end
 -- Trim: every entry older than the oldest pending one was acknowledged. Whole nodes go
 -- (~, cheap); when nothing is pending or new, every entry was acknowledged: all go.
@@ -363,24 +369,18 @@ return cjson.encode({cursor, out, nextdue})
 """
 )
 
-# Start marks, many in one call (sent as EVAL, whose reply nobody waits for: no NOSCRIPT to
-# miss). KEYS: starts. ARGV: stream entries whose runs start.
-_MARK = """
-for _, id in ipairs(ARGV) do redis.call('HINCRBY', KEYS[1], id, 1) end
-"""
-
 # Acknowledgements of jobs that succeeded, many in one call. KEYS: stream, starts, acked.
 # ARGV: group, consumer, record acks (1|0), acked maxlen, and one string of space-separated
 # entry, deliveries, job id triples. Returns one flag per job: 1 (acknowledged now) or 0
 # (acknowledged before, by a consumer that claimed it).
 _ACK = """
 local s, t, a, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
-local words, acked = {}, {}
+local words, ids, acked = {}, {}, {}
 for w in string.gmatch(ARGV[5], '%S+') do words[#words + 1] = w end
 for i = 1, #words, 3 do
   local id = words[i]
+  ids[#ids + 1] = id
   if redis.call('XACK', s, g, id) == 1 then
-    redis.call('HDEL', t, id)
     if ARGV[3] == '1' then
       redis.call('XADD', a, 'MAXLEN', '~', ARGV[4], '*', 'job', words[i + 2], 'entry', id,
                  'consumer', c, 'deliveries', words[i + 1])
@@ -390,6 +390,7 @@ for i = 1, #words, 3 do
     acked[#acked + 1] = '0'
   end
 end
+redis.call('HDEL', t, unpack(ids))
 return table.concat(acked)
 """
 
@@ -754,14 +755,11 @@ def submit_many(
 
 
 # ---- the source: fetching and leases in the parent ------------------------------------------
-@dataclass(frozen=True)
-class _Session:
+class _Session(NamedTuple):
     """What a worker process holds for the source: its one pipelined connection, and the
-    batchers that record many starts, and acknowledge many jobs, in one call each."""
+    outage it reports when Redis is away."""
 
     wire: _Wire
-    marks: _Batcher
-    acks: _Batcher
     outage: Outage
 
 
@@ -851,13 +849,14 @@ class RedisJobs(Source):
         `wait`, block on the stream up to that long for a new job first."""
         async with self._fetching:
             batch = await self._fetch(desired, wait)
-            for delivery in batch:  # leased before the first yield: an ack must find its lease
-                if delivery.attempt:  # 0: buried at fetch, not held
-                    self.leases[delivery.entry] = delivery.deliveries
-        for delivery in batch:  # what is not yielded stays pending here: `close` releases it
-            yield tuple(delivery)
+            leases = self.leases
+            for row in batch:  # leased before the first yield: an ack must find its lease
+                if row[4]:  # attempt 0: buried at fetch, not held
+                    leases[row[0]] = row[5]
+        for row in batch:  # what is not yielded stays pending here: `close` releases it
+            yield row
 
-    async def _fetch(self, desired: int, wait: float) -> list[Delivery]:
+    async def _fetch(self, desired: int, wait: float) -> list[tuple[Any, ...]]:
         deadline = time.monotonic() + wait
         try:
             client = await self._open()
@@ -956,8 +955,7 @@ class RedisJobs(Source):
     def settle(self, item: Any, outcome: Outcome, error: str | None) -> None:
         """Drop the lease; a job lost with its worker process goes back (or to the dead
         letters) at once. Jobs that never started go back in `close`."""
-        delivery = Delivery._make(item)
-        self.leases.pop(delivery.entry, None)
+        self.leases.pop(item[0], None)  # its Delivery.entry
         if outcome is not Outcome.LOST:
             return
         if self._releasing is None or self._releasing.done():
@@ -1060,10 +1058,11 @@ class RedisJobs(Source):
         return json.loads(reply)
 
     @staticmethod
-    def _deliveries(rows: Any) -> list[Delivery]:
+    def _deliveries(rows: Any) -> list[tuple[Any, ...]]:
+        """The rows of a fetch as `Delivery` tuples (plain: they are pickled in the parent)."""
         if not rows:  # Lua's cjson writes an empty table as {}
             return []
-        return [Delivery(e, j, k, p, int(a), int(d), t) for e, j, k, p, a, d, t in rows]
+        return [(e, j, k, p, int(a), int(d), t) for e, j, k, p, a, d, t in rows]
 
     async def _open(self) -> aioredis.Redis:
         if self._client is None:
@@ -1135,53 +1134,40 @@ class RedisJobs(Source):
     # worker processes
     @asynccontextmanager
     async def session(self) -> AsyncIterator[_Session]:
-        """This process's pipelined Redis connection and its batcher of acknowledgements."""
-        settings = self.settings
-        client = connect_async(settings)
+        """This process's pipelined Redis connection."""
+        client = connect_async(self.settings)
         wire = _Wire(client)
-        outage = Outage(f"Redis jobs ({self.consumer}, pid {os.getpid()})")
-        keys = [self.stream, self.starts, acked_name(self.stream)]
-        record = "1" if self.record_acks else "0"
-        head: list[Any] = [settings.jobs_group, self.consumer, record, settings.jobs_dead_maxlen]
-
-        async def acknowledge(batch: list[Delivery]) -> list[bool]:
-            triples = " ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d in batch)
-            call = partial(wire.script, _ACK, keys, [*head, triples])
-            return [flag == "1" for flag in await _retrying(outage, settings.jobs_claim_idle, call)]
-
-        async def mark(batch: list[str]) -> list[None]:  # written, the reply is not awaited
-            await wire.send("EVAL", _MARK, 1, self.starts, *batch)
-            return [None] * len(batch)
-
-        session = _Session(wire, _Batcher(mark), _Batcher(acknowledge), outage)
         try:
-            yield session
+            yield _Session(wire, Outage(f"Redis jobs ({self.consumer}, pid {os.getpid()})"))
         finally:
-            await session.acks.close()
             await wire.close()
             await client.aclose()
 
-    async def begin(self, item: Any, state: _Session) -> Job:
-        """Record that the job starts, then decode it for the reader.
+    async def begin(self, items: Sequence[Any], state: _Session) -> list[Job | Exception]:
+        """Record that the jobs start (one call for all), then decode each for its reader.
 
-        The start is written to Redis before the reader runs, without waiting for the reply:
-        a worker that dies after this still counts the attempt (the bytes are on their way),
-        and the process's commands reach Redis in order, so the job's acknowledgement or
-        settlement comes after its start mark.
+        The starts are written to Redis before the readers run, without waiting for the
+        reply: a worker that dies after this still counts the attempts (the bytes are on
+        their way), and the process's commands reach Redis in order, so a job's
+        acknowledgement or settlement comes after its start mark.
         """
-        delivery = Delivery._make(item)
+        deliveries = [Delivery._make(item) for item in items]
+        marks = [field for d in deliveries if d.attempt for field in (d.entry, d.attempt)]
+        if marks:  # per entry, the attempt of the run that starts (HSET: no script to run)
+            mark = partial(state.wire.send, "HSET", self.starts, *marks)
+            await _retrying(state.outage, self.settings.jobs_claim_idle, mark)
+        return [self._job(delivery) for delivery in deliveries]
+
+    def _job(self, delivery: Delivery) -> Job | Exception:
         if delivery.attempt == 0:
-            raise JobFailed(
+            return JobFailed(
                 f"job {delivery.job_id}: the workers of its earlier runs stopped without an "
                 f"outcome {self.settings.jobs_max_attempts} time(s); moved to the dead letters"
             )
-        await _retrying(
-            state.outage, self.settings.jobs_claim_idle, partial(state.marks, delivery.entry)
-        )
         try:
             payload = json.loads(delivery.payload)
         except ValueError as exc:
-            raise JobsError(f"payload {shorten(delivery.payload)} is not JSON: {exc}") from None
+            return JobsError(f"payload {shorten(delivery.payload)} is not JSON: {exc}")
         return Job(
             delivery.job_id,
             payload,
@@ -1190,22 +1176,48 @@ class RedisJobs(Source):
             delivery.traceparent or None,
         )
 
-    async def commit(self, item: Any, state: _Session, error: str | None) -> None:
-        """Acknowledge a job that succeeded; put back (after the retry backoff) or bury one
-        that failed."""
-        delivery = Delivery._make(item)
-        attempt = delivery.attempt
-        if attempt == 0:  # moved to the dead letters when fetched
-            return
-        if error is None:
-            if not await state.acks(delivery):
-                raise JobLost(
-                    f"job {delivery.job_id} was acknowledged by another consumer that claimed "
-                    f"it (JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed without a "
-                    "renewal): this result is not counted"
-                )
-            return
+    async def commit(
+        self, done: Sequence[tuple[Any, str | None]], state: _Session
+    ) -> list[Exception | None]:
+        """Acknowledge the jobs that succeeded (one call for all); put back (after the retry
+        backoff) or bury one that failed."""
+        results: list[Exception | None] = [None] * len(done)
+        succeeded: list[tuple[int, Delivery]] = []
+        for index, (item, error) in enumerate(done):
+            delivery = Delivery._make(item)
+            if delivery.attempt == 0:  # moved to the dead letters when fetched
+                continue
+            if error is None:
+                succeeded.append((index, delivery))
+            else:
+                results[index] = await self._put_back(delivery, error, state)
+        if succeeded:
+            flags = await self.acknowledge([delivery for _, delivery in succeeded], state)
+            for (index, delivery), acked in zip(succeeded, flags, strict=True):
+                if not acked:
+                    results[index] = JobLost(
+                        f"job {delivery.job_id} was acknowledged by another consumer that "
+                        f"claimed it (JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed "
+                        "without a renewal): this result is not counted"
+                    )
+        return results
+
+    async def acknowledge(self, deliveries: Sequence[Delivery], state: _Session) -> list[bool]:
+        """Acknowledge jobs in one call: per job, True if acknowledged now, False if it was
+        before (by a consumer that claimed it)."""
         settings = self.settings
+        record = "1" if self.record_acks else "0"
+        triples = " ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d in deliveries)
+        keys = [self.stream, self.starts, acked_name(self.stream)]
+        args = [settings.jobs_group, self.consumer, record, settings.jobs_dead_maxlen, triples]
+        call = partial(state.wire.script, _ACK, keys, args)
+        flags = await _retrying(state.outage, settings.jobs_claim_idle, call)
+        return [flag == "1" for flag in flags]
+
+    async def _put_back(self, delivery: Delivery, error: str, state: _Session) -> JobFailed:
+        """Put a failed job back for its next attempt (after the retry backoff), or bury it."""
+        settings = self.settings
+        attempt = delivery.attempt
         permanent = getattr(error, "permanent", False)  # worker.Permanent: no other attempt
         max_attempts = 0 if permanent else settings.jobs_max_attempts
         if attempt < max_attempts:
@@ -1229,7 +1241,7 @@ class RedisJobs(Source):
             1: "put back for another attempt",
             2: "moved to the dead letters",
         }[outcome]
-        raise JobFailed(
+        return JobFailed(
             f"job {delivery.job_id} attempt {attempt} of {settings.jobs_max_attempts}: "
             f"{error}; {fate}"
         )
@@ -1343,11 +1355,10 @@ async def _retrying(outage: Outage, limit: float, call: Callable[[], Awaitable[A
 
 
 class _Wire:
-    """One Redis connection on which a worker process pipelines its commands: the commands
-    sent in one step of the event loop are written together, and one task reads the replies
-    in order. A command whose reply nobody waits for (a start mark) costs no round trip, and
-    commands reach Redis in the order they were sent. A broken connection fails the replies
-    still due; the next command connects again."""
+    """One Redis connection on which a worker process pipelines its commands: each is written
+    at once, and one task reads the replies in order. A command whose reply nobody waits for
+    (a start mark) costs no round trip, and commands reach Redis in the order they were sent.
+    A broken connection fails the replies still due; the next command connects again."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._pool = client.connection_pool
@@ -1355,54 +1366,35 @@ class _Wire:
         self._replies: deque[asyncio.Future[Any]] = deque()
         self._due = asyncio.Event()  # set while replies are due on the connection
         self._reader: asyncio.Task[None] | None = None
-        self._outbox: list[tuple[tuple[Any, ...], asyncio.Future[Any], asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
 
     async def send(self, *args: Any, reply: bool = False) -> asyncio.Future[Any]:
-        """Write one command (with the others sent in this step); return the future of its
-        reply (a reply nobody asked for is dropped, a refusal logged). Raises a Redis
-        connection error if it was not written."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-        written: asyncio.Future[None] = loop.create_future()
+        """Write one command; return the future of its reply (a reply nobody asked for is
+        dropped, a refusal logged). Raises a Redis connection error if it was not written."""
+        connection = await self._connect()
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not reply:
             answer.add_done_callback(_unheard)
-        self._outbox.append((args, answer, written))
-        if self._writer is None:
-            self._writer = loop.create_task(self._write())
-        await written
-        return answer
-
-    async def _write(self) -> None:
+        self._replies.append(answer)
+        self._due.set()
         try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                try:
-                    connection = await self._connect()
-                    self._replies.extend(answer for _, answer, _ in batch)
-                    self._due.set()
-                    packed = connection.pack_commands([args for args, _, _ in batch])
-                    await connection.send_packed_command(packed, check_health=False)
-                except BaseException as exc:
-                    self._connection = None  # redis-py disconnected it: the reader fails the rest
-                    failure = exc if isinstance(exc, Exception) else RedisConnectionError(repr(exc))
-                    for _, answer, written in batch:
-                        answer.remove_done_callback(_unheard)
-                        answer.add_done_callback(_unheard)  # its sender hears of it from `written`
-                        if not written.done():
-                            written.set_exception(failure)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for _, _, written in batch:
-                    if not written.done():
-                        written.set_result(None)
-        finally:
-            self._writer = None  # in the same step that found the outbox empty
+            async with asyncio.timeout(SOCKET_TIMEOUT):
+                await connection.send_packed_command(_pack(args), check_health=False)
+        except BaseException as exc:
+            self._connection = None  # a command may be half written: the reader fails the rest
+            await connection.disconnect(nowait=True)
+            answer.remove_done_callback(_unheard)
+            answer.add_done_callback(_unheard)  # its sender hears of it from this exception
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(f"writing to Redis took over {SOCKET_TIMEOUT}s") from None
+            raise
+        return answer
 
     async def _connect(self) -> Any:
         if self._connection is None or self._reader is None or self._reader.done():
-            connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+            # Without redis-py's own socket timeout, which costs a task per write: `send`
+            # and `_read` bound their waits themselves.
+            options = {**self._pool.connection_kwargs, "socket_timeout": None}
+            connection: Any = self._pool.connection_class(**options)
             await connection.connect()
             self._connection, self._replies = connection, deque()
             self._due = asyncio.Event()
@@ -1430,12 +1422,13 @@ class _Wire:
                 await due.wait()
                 continue
             try:
-                result = await connection.read_response()
+                result = await connection.read_response(timeout=SOCKET_TIMEOUT)
             except ResponseError as exc:
                 result = exc
             except BaseException as exc:  # the connection is gone (redis-py closed it)
                 if self._connection is connection:
                     self._connection = None  # the next command connects again
+                await connection.disconnect(nowait=True)
                 failure = exc if isinstance(exc, Exception) else RedisConnectionError(repr(exc))
                 while replies:
                     future = replies.popleft()
@@ -1454,8 +1447,6 @@ class _Wire:
 
     async def close(self) -> None:
         """Wait (up to the socket timeout) for the replies still due, then disconnect."""
-        if self._writer is not None:
-            await asyncio.wait({self._writer})
         if self._replies:
             await asyncio.wait(list(self._replies), timeout=SOCKET_TIMEOUT)
         if self._reader is not None:
@@ -1464,6 +1455,16 @@ class _Wire:
         if self._connection is not None:
             await self._connection.disconnect()
             self._connection = None
+
+
+def _pack(args: Sequence[Any]) -> bytes:
+    """One command in Redis' protocol (RESP): what redis-py's packer makes, in a fraction of
+    its time."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _unheard(future: asyncio.Future[Any]) -> None:
@@ -1478,45 +1479,3 @@ def _unheard(future: asyncio.Future[Any]) -> None:
 @cache
 def _sha(lua: str) -> str:
     return hashlib.sha1(lua.encode()).hexdigest()
-
-
-class _Batcher:
-    """Sends the requests made while a call is on the wire together in the next call
-    (CALLS_IN_FLIGHT calls at a time): one round trip serves many jobs."""
-
-    def __init__(self, send: Callable[[list[Any]], Awaitable[Sequence[Any]]]) -> None:
-        self._send = send
-        self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()
-
-    async def __call__(self, request: Any) -> Any:
-        """Queue `request`; return its result once its batch was sent."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, future))
-        if len(self._flushers) < CALLS_IN_FLIGHT:
-            self._flushers.add(asyncio.get_running_loop().create_task(self._flush()))
-        return await future
-
-    async def _flush(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    results = await self._send([request for request, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            # In the same step that found nothing waiting (a done callback would run later,
-            # and a call in between would wait with no flusher to send it).
-            self._flushers.discard(cast("asyncio.Task[None]", asyncio.current_task()))
-
-    async def close(self) -> None:
-        """Wait for the batches on the wire."""
-        if self._flushers:
-            await asyncio.wait(self._flushers)

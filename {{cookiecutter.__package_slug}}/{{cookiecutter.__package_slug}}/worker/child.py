@@ -2,9 +2,9 @@
 
 A worker process opens the source's session and the context once, then runs the reader on
 the items its parent sends, at most `concurrency` at a time, and reports one outcome per item.
-If the source commits in-process (a durable source acknowledging the item), its `commit` runs
-after the reader, outside the reader's slot: the next item starts while the acknowledgement is
-on the wire. It never
+A source's `begin` and `commit` (a durable source recording a start, acknowledging an item) run
+once for the items that start, or succeed, together, and `commit` outside the reader's slots:
+the next item starts while the acknowledgement is on the wire. It never
 abandons an item it was sent: on RETIRE it finishes all of them, on STOP (or SIGTERM) it
 finishes the running ones and hands the others back as not started. Then it closes the
 context and exits.
@@ -22,10 +22,10 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, nullcontext, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .calls import keywords, open_context
 from .instrument import Instrument
@@ -33,7 +33,7 @@ from .metrics import Metrics
 from .retry import Permanent, ReaderTimeout, RetryAfter, backoff
 from .source import Failure, Source
 from .texts import error_text, shorten
-from .wire import Frame, FrameReader, Kind, encode
+from .wire import Frame, FrameReader, Kind, encode, encode_seqs
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,51 @@ CONTEXT_FAILED_EXIT = 3
 _UNTRACED = nullcontext()  # the span of a reader call when nothing traces it
 READ_AHEAD = 2  # items per reader slot a process holds that it has not started
 CANCEL_GRACE = 1.0  # seconds a timed-out async reader gets to finish cancelling
+
+
+class _Done(NamedTuple):
+    """An item whose reader ended, on its way to the source's commit."""
+
+    seq: int
+    item: Any
+    attempt: int
+    error: str | None
+    timed_out: bool
+    started: float
+
+
+class _Batches:
+    """Calls `call` with the entries added while its previous call ran, one call at a time,
+    so that one call to the source serves the items that start (or end) together. The task
+    of the call in progress is in `running` until it is done."""
+
+    def __init__(
+        self,
+        call: Callable[[list[Any]], Awaitable[None]],
+        running: set[asyncio.Task[None]],
+        finished: Callable[[asyncio.Task[None]], None],
+    ) -> None:
+        self._call = call
+        self._running = running
+        self._finished = finished
+        self._waiting: list[Any] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, entry: Any) -> None:
+        """Queue `entry` for the next call."""
+        self._waiting.append(entry)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._running.add(self._task)
+            self._task.add_done_callback(self._finished)
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._call(batch)
+        finally:
+            self._task = None  # in the step that found nothing waiting: `add` makes a new one
 
 
 @dataclass(frozen=True)
@@ -85,8 +130,11 @@ class _WorkerProcess(asyncio.Protocol):
         self.frames = FrameReader()
         self.backlog: deque[tuple[int, bytes]] = deque()
         self.running: set[asyncio.Task[None]] = set()
+        self.beginning = _Batches(self._begin, self.running, self._finished)
+        self.committing = _Batches(self._commit, self.running, self._finished)
         self.reading = 0  # items in the reader (at most plan.concurrency)
         self.outbox: list[bytes] = []
+        self.read: list[int] = []  # items whose reader is done, for the next READ frame
         self.transport: asyncio.Transport | None = None
         self.retiring = False
         self.stopping = False
@@ -162,6 +210,9 @@ class _WorkerProcess(asyncio.Protocol):
 
     def _start(self, seq: int, payload: bytes) -> None:
         self.reading += 1
+        if self.begins:  # the items that start together begin in one call
+            self.beginning.add((seq, payload))
+            return
         task = asyncio.get_running_loop().create_task(self._run_item(seq, payload))
         self.running.add(task)
         task.add_done_callback(self._finished)
@@ -176,43 +227,90 @@ class _WorkerProcess(asyncio.Protocol):
         self.running.discard(task)
         self._check_done()
 
+    def _decode(self, seq: int, payload: bytes) -> tuple[Any, bytes | None] | None:
+        """The item and its trace carrier; None (its failure reported) if it cannot be
+        unpickled."""
+        carrier: bytes | None = None
+        if self.plan.tracing is not None:  # the parent put the item's carrier first
+            carrier, _, payload = payload.partition(b"\n")
+        try:
+            return pickle.loads(payload), carrier
+        except BaseException as exc:  # any failure is the item's outcome
+            logger.error("item #%d could not be unpickled in %s", seq, _process_name())
+            text = f"unpickling failed: {error_text(exc)}"
+            self._send(encode(Kind.FAILED, seq, 1, text.encode(errors="replace")))
+            return None
+
     async def _run_item(self, seq: int, payload: bytes) -> None:
+        """Decode one item and run it (a source without `begin`)."""
+        started = time.perf_counter()
+        decoded = self._decode(seq, payload)
+        if decoded is None:
+            self._reader_done()
+            return
+        item, carrier = decoded
+        await self._run(seq, item, item, carrier, started)
+
+    async def _begin(self, batch: list[tuple[int, bytes]]) -> None:
+        """Begin the items that started together in one call to the source, then run each
+        in its own task; an item `begin` refused fails without running."""
+        started = time.perf_counter()
+        if self.stopping:  # not begun yet: they go back untouched
+            for seq, _ in batch:
+                self._send(encode(Kind.NOT_STARTED, seq))
+                self.reading -= 1
+            return
+        decoded: list[tuple[int, Any, bytes | None]] = []
+        for seq, payload in batch:
+            one = self._decode(seq, payload)
+            if one is None:
+                self._reader_done()
+            else:
+                decoded.append((seq, *one))
+        if not decoded:
+            return
+        try:
+            given = list(await self.plan.source.begin([item for _, item, _ in decoded], self.state))
+            if len(given) != len(decoded):
+                raise RuntimeError(f"begin() returned {len(given)} items for {len(decoded)}")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # any failure is the items' outcome
+            given = [exc] * len(decoded)
+        loop = asyncio.get_running_loop()
+        for (seq, item, carrier), what in zip(decoded, given, strict=True):
+            if isinstance(what, BaseException):
+                self._report(seq, 1, error_text(what), False, started)
+                self._reader_done()
+                continue
+            task = loop.create_task(self._run(seq, item, what, carrier, started))
+            self.running.add(task)
+            task.add_done_callback(self._finished)
+
+    async def _run(
+        self, seq: int, item: Any, given: Any, carrier: bytes | None, started: float
+    ) -> None:
+        """Run the reader on `given` (what `begin` made of `item`), then commit or report."""
         holding = True  # this item holds one of the reader slots
         reported = False
-        started = time.perf_counter()
-        carrier: bytes | None = None
         try:
-            if self.plan.tracing is not None:  # the parent put the item's carrier first
-                carrier, _, payload = payload.partition(b"\n")
-            try:
-                item = pickle.loads(payload)
-            except BaseException as exc:  # any failure is the item's outcome
-                logger.error("item #%d could not be unpickled in %s", seq, _process_name())
-                self._send(
-                    encode(Kind.FAILED, seq, 1, f"unpickling failed: {error_text(exc)}".encode())
-                )
-                reported = True
-                return
-            if self.begins or self.marks_starts:
-                attempt, error, timed_out = await self._attempt(seq, item, carrier)
-            else:
-                attempt, error, timed_out = await self._read(item, seq, carrier)
+            if self.marks_starts:  # the parent times sync readers
+                self._send(encode(Kind.STARTED, seq))
+                self._flush()  # now: the reader is about to block this process
+            attempt, error, timed_out = await self._read(given, seq, carrier)
             if self.commits:
                 holding = False
                 self._reader_done()  # the next item reads while this one commits
-                self._send(encode(Kind.READ, seq))  # and the parent may send one more
-                error = await self._commit(self.plan.source, item, error)
-            metrics = self.plan.metrics
-            if metrics is not None:  # duration first: whoever sees the outcome sees it
-                metrics.duration.observe(time.perf_counter() - started)
-                (metrics.succeeded if error is None else metrics.failed).inc()
-                if timed_out:
-                    metrics.timed_out.inc()
-            if error is None:
-                self._send(encode(Kind.SUCCEEDED, seq, attempt))
+                self._send_read(seq)  # and the parent may send one more
+                entry = _Done(seq, item, attempt, error, timed_out, started)
+                if error is None:  # committed together with the others that succeed now
+                    self.committing.add(entry)
+                else:  # alone: the source may wait (a retry backoff) without holding others
+                    task = asyncio.get_running_loop().create_task(self._commit([entry]))
+                    self.running.add(task)
+                    task.add_done_callback(self._finished)
             else:
-                kind = Kind.TIMED_OUT if timed_out else Kind.FAILED
-                self._send(encode(kind, seq, attempt, error.encode(errors="replace")))
+                self._report(seq, attempt, error, timed_out, started)
             reported = True
         except asyncio.CancelledError:
             raise
@@ -225,31 +323,38 @@ class _WorkerProcess(asyncio.Protocol):
             if holding:  # after the outcome is queued, so it is sent before the next item runs
                 self._reader_done()
 
-    async def _attempt(
-        self, seq: int, item: Any, carrier: bytes | None
-    ) -> tuple[int, str | None, bool]:
-        """Begin and read one item: (attempts made, error or None, whether it timed out)."""
-        source = self.plan.source
+    async def _commit(self, batch: list[_Done]) -> None:
+        """Run the source's commit on items whose readers ended, then report each."""
+        results: list[BaseException | None]
         try:
-            given = await source.begin(item, self.state) if self.begins else item
+            results = list(
+                await self.plan.source.commit([(d.item, d.error) for d in batch], self.state)
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(f"commit() returned {len(results)} results for {len(batch)}")
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # any failure is the item's outcome
-            return 1, error_text(exc), False
-        if self.marks_starts:  # the parent times sync readers
-            self._send(encode(Kind.STARTED, seq))
-            self._flush()  # now: the reader is about to block this process
-        return await self._read(given, seq, carrier)
+        except BaseException as exc:  # any failure is the items' outcome
+            results = [exc] * len(batch)
+        for done, result in zip(batch, results, strict=True):
+            error = done.error if result is None else error_text(result)
+            self._report(done.seq, done.attempt, error, done.timed_out, done.started)
 
-    async def _commit(self, source: Source, item: Any, error: str | None) -> str | None:
-        """Run the source's commit; return the item's error, or None if it succeeded."""
-        try:
-            await source.commit(item, self.state, error)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # any failure is the item's outcome
-            return error_text(exc)
-        return error
+    def _report(
+        self, seq: int, attempt: int, error: str | None, timed_out: bool, started: float
+    ) -> None:
+        """Count one item's outcome and queue it for the parent."""
+        metrics = self.plan.metrics
+        if metrics is not None:  # duration first: whoever sees the outcome sees it
+            metrics.duration.observe(time.perf_counter() - started)
+            (metrics.succeeded if error is None else metrics.failed).inc()
+            if timed_out:
+                metrics.timed_out.inc()
+        if error is None:
+            self._send(encode(Kind.SUCCEEDED, seq, attempt))
+        else:
+            kind = Kind.TIMED_OUT if timed_out else Kind.FAILED
+            self._send(encode(kind, seq, attempt, error.encode(errors="replace")))
 
     async def _read(
         self, item: Any, seq: int, carrier: bytes | None
@@ -333,11 +438,20 @@ class _WorkerProcess(asyncio.Protocol):
 
     # outcomes are batched: one write per event-loop turn
     def _send(self, frame: bytes) -> None:
-        if not self.outbox:
+        if not self.outbox and not self.read:
             asyncio.get_running_loop().call_soon(self._flush)
         self.outbox.append(frame)
 
+    def _send_read(self, seq: int) -> None:
+        """Tell the parent the reader is done with item `seq` (one frame for all in a turn)."""
+        if not self.outbox and not self.read:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.read.append(seq)
+
     def _flush(self) -> None:
+        if self.read:  # first: an item's READ must reach the parent before its outcome
+            self.outbox.insert(0, encode_seqs(Kind.READ, self.read))
+            self.read = []
         if self.outbox and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.outbox))
         self.outbox.clear()

@@ -2,11 +2,11 @@
 
 The runtime (`Worker`) never knows what a source is. In the parent process it opens the
 source, fetches items from it, and settles every item it fetched exactly once, with how it
-ended. In each worker process it may let the source prepare an item before the reader runs
-(`begin`) and acknowledge it after (`commit`), so that durable sources acknowledge close to
-the work, in parallel, without a round trip through the parent. Every source plugs in this
-way: the writer function (`WriterSource`, the default), the spool folder and Redis Streams
-(in `sources/`).
+ended. In each worker process it may let the source prepare items before the reader runs
+(`begin`) and acknowledge them after (`commit`), many in one call, so that durable sources
+acknowledge close to the work, in parallel, without a round trip through the parent. Every
+source plugs in this way: the writer function (`WriterSource`, the default), the spool folder
+and Redis Streams (in `sources/`).
 
 Subclass `Source` and override what you need; every method has a working default.
 """
@@ -14,7 +14,7 @@ Subclass `Source` and override what you need; every method has a working default
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -55,8 +55,8 @@ class Source:
     Parent process, in this order: `open`, then `fetch` (repeatedly) and `settle` (once per
     fetched item, in the order outcomes arrive), `finished` when a drain has nothing left to
     run, and `close` last, always, after every item was settled. Worker processes: `session`
-    once per process, around the user's context, then `begin` and `commit` around each
-    reader call when the source overrides them.
+    once per process, around the user's context, then `begin` and `commit` around the reader
+    calls (each for many items at once) when the source overrides them.
     """
 
     #: True when items are leases on durable storage (a spool, a stream): the runtime then
@@ -104,20 +104,31 @@ class Source:
         """In each worker process, once: open what `begin` and `commit` need (its `state`)."""
         return nullcontext()
 
-    async def begin(self, item: Any, state: Any) -> Any:
-        """In a worker process, before the reader: return what the reader gets as `item`.
+    async def begin(self, items: Sequence[Any], state: Any) -> Sequence[Any]:
+        """In a worker process, before the reader, once for the items that start together:
+        return, per item and in order, what its reader gets, or an `Exception` instance: that
+        item then fails with it and its reader does not run.
 
-        If it raises, the item fails with that error and the reader does not run.
+        If it raises, every item of the call fails with that error. Only called if a subclass
+        overrides it.
         """
-        return item
+        return items
 
-    async def commit(self, item: Any, state: Any, error: str | None) -> None:
-        """In a worker process, after the reader (`error`: its failure's text, a `Failure`
-        when the reader raised, or None).
+    async def commit(
+        self, done: Sequence[tuple[Any, str | None]], state: Any
+    ) -> Sequence[Exception | None]:
+        """In a worker process, after the reader: `done` holds (item, error) pairs, the error
+        being its failure's text (a `Failure` when the reader raised) or None. Return, per
+        item and in order, None (the reader's outcome stands) or an `Exception` (the item
+        fails with it).
 
-        Runs outside the reader's concurrency slot, so the next item starts meanwhile. If it
-        raises, the item fails with that error. Only called if a subclass overrides it.
+        The items that succeed while a previous call runs come together in the next call; an
+        item that failed comes alone, so a source may wait there (a retry backoff) without
+        holding others. Runs outside the reader's slots, so the next items start meanwhile.
+        If it raises, every item of the call fails with that error. Only called if a subclass
+        overrides it.
         """
+        return [None] * len(done)
 
     def commands(self) -> list[Callable[..., None] | typer.Typer]:
         """Extra command-line commands: typer command functions (e.g. `submit`, `stats`) or

@@ -32,7 +32,7 @@ from .retry import ReaderTimeout
 from .source import Outcome, Source
 from .summary import Summary
 from .texts import error_text, shorten
-from .wire import Frame, FrameReader, Kind, encode
+from .wire import Frame, FrameReader, Kind, decode_seqs, encode
 from .writer_source import WriterSource
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ class Supervisor:
         self.connecting: set[asyncio.Task[None]] = set()
         self.launched = 0
         self.turn = 0  # which worker process is offered items first
+        self.dispatch_due = False  # a `_dispatch` is scheduled
         self.unstarted: list[Any] = []
         self.enqueued = self.succeeded = self.failed = self.retried = self.skipped = 0
         self.timed_out = 0
@@ -292,7 +293,9 @@ class Supervisor:
         self.pending.append((seq, payload))
         self.enqueued += 1
         self.idle.clear()
-        self._dispatch()
+        if not self.dispatch_due:  # once for the items accepted in this step
+            self.dispatch_due = True
+            self.loop.call_soon(self._dispatch)
         return 1
 
     # ---- worker processes ----------------------------------------------------------------
@@ -333,6 +336,7 @@ class Supervisor:
         return max(free, 0)
 
     def _dispatch(self) -> None:
+        self.dispatch_due = False
         pending = self.pending
         if self.stopped.is_set() or not pending:
             self._note_room()
@@ -414,7 +418,7 @@ class Supervisor:
                 self.plan.timeout, self._overrun, child, frame.seq
             )
         elif kind == Kind.READ:
-            child.finishing.add(frame.seq)
+            child.finishing.update(decode_seqs(frame.payload))
         elif kind == Kind.NOT_STARTED:
             child.outstanding.discard(frame.seq)
             item = self.items.pop(frame.seq)

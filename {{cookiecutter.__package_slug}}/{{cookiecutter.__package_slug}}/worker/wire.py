@@ -27,7 +27,8 @@ class Kind(enum.IntEnum):
     FAILED = 12  # payload: the error text
     NOT_STARTED = 13  # handed back at STOP
     CONTEXT_FAILED = 14  # payload: the error text; the process exits
-    READ = 15  # with a commit step: the reader is done with this item, its commit runs
+    READ = 15  # with a commit step: the reader is done with these items (payload: their
+    # sequence numbers, see `encode_seqs`), their commits run
     TIMED_OUT = 16  # FAILED because the reader overran READER_TIMEOUT; payload: the error text
     STARTED = 17  # a sync reader with READER_TIMEOUT started this item (the parent times it)
 
@@ -44,6 +45,16 @@ class Frame(NamedTuple):
 def encode(kind: Kind, seq: int = 0, attempts: int = 0, payload: bytes = b"") -> bytes:
     """Return the bytes of one frame."""
     return HEADER.pack(kind, seq, attempts, len(payload)) + payload
+
+
+def encode_seqs(kind: Kind, seqs: list[int]) -> bytes:
+    """Return one frame whose payload is the sequence numbers `seqs`."""
+    return encode(kind, payload=struct.pack(f"!{len(seqs)}Q", *seqs))
+
+
+def decode_seqs(payload: bytes) -> tuple[int, ...]:
+    """The sequence numbers in the payload of a frame made by `encode_seqs`."""
+    return struct.unpack(f"!{len(payload) // 8}Q", payload)
 
 
 class FrameReader:
