@@ -245,6 +245,29 @@ async def test_drain_claims_the_jobs_a_dead_consumer_left_pending(
     assert attempts == dict.fromkeys(range(10), "1")
 
 
+async def test_a_job_that_is_not_json_fails_each_attempt_then_is_dead_lettered(
+    server: Server, stream: str, journal: Journal
+) -> None:
+    settings = settings_for(server.port, stream, jobs_max_attempts=2)
+    with Jobs(settings) as jobs:
+        jobs.submit_many(["fine", "also fine"])
+        jobs.client.xadd(stream, {"payload": "{not json"})  # written by some other program
+
+    async def reader(item: Job) -> None:
+        journal.add(item.payload)
+
+    summary = await jobs_worker(settings, reader).drain()
+
+    # Its reader never runs; each attempt fails with the decoding error, then it is buried.
+    assert (summary.succeeded, summary.failed) == (2, 2)
+    assert journal.column(0) == Counter(["fine", "also fine"])
+    with Jobs(settings) as jobs:
+        [dead] = jobs.dead_letters()
+        assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, 1)
+    assert (dead["payload"], dead["attempts"]) == ("{not json", "2")
+    assert dead["error"].startswith("JobsError: payload '{not json' is not JSON")
+
+
 async def test_a_job_whose_worker_keeps_dying_is_dead_lettered(server: Server, stream: str) -> None:
     settings = settings_for(server.port, stream, jobs_claim_idle=0.3, jobs_max_attempts=2)
     with Jobs(settings) as jobs:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -115,6 +115,44 @@ async def test_a_crashed_process_fails_its_items_and_is_replaced(
         str(item) for item, _ in source.failures
     }
     assert "exited with code 7: replacing it" in caplog.text
+
+
+class RefusingSource(CommittingSource):
+    """Begins items in batches, refusing odd ones (and failing a whole batch with 10 in it)."""
+
+    async def begin(self, items: Sequence[Any], state: Any) -> list[Any]:
+        if 10 in items:
+            raise RuntimeError("begin broke")
+        return [ValueError(f"refused {item}") if item % 2 else item for item in items]
+
+
+async def test_items_begin_refuses_fail_without_running_and_still_reach_commit(
+    journal: Journal,
+) -> None:
+    async def reader(item: int) -> None:
+        journal.add("read", item)
+
+    async def commit(item: int, state: Any, error: str | None) -> None:
+        journal.add("commit", item, error or "ok")
+
+    settings = fast_settings(num_processes=2)
+    source = RefusingSource(writer_over(range(12)), settings, commit)
+    summary = await Worker("t", reader=reader, settings=settings, source=source).drain()
+
+    read = {int(row[1]) for row in journal.rows() if row[0] == "read"}
+    committed = {int(row[1]): row[2] for row in journal.rows() if row[0] == "commit"}
+    failed = dict(source.failures)
+    broken = {item for item, error in failed.items() if error == "RuntimeError: begin broke"}
+    assert (summary.succeeded, summary.failed) == (len(read), len(failed))
+    assert read == {item for item in range(0, 12, 2) if item not in broken}
+    assert 10 in broken  # with the batch it came in
+    assert set(failed) == set(range(12)) - read  # a refused item is never read
+    assert {item: failed[item] for item in set(failed) - broken} == {
+        item: f"ValueError: refused {item}" for item in range(1, 12, 2) if item not in broken
+    }
+    # Each item reached the commit step once, with its reader's outcome or its refusal.
+    assert len(journal.rows()) == len(read) + 12
+    assert committed == {item: failed.get(item, "ok") for item in range(12)}
 
 
 async def test_commit_runs_in_the_worker_process_after_the_reader_outside_its_slot(

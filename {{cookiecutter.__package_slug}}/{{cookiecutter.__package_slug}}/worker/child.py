@@ -279,8 +279,8 @@ class _WorkerProcess(asyncio.Protocol):
             given = [exc] * len(decoded)
         loop = asyncio.get_running_loop()
         for (seq, item, carrier), what in zip(decoded, given, strict=True):
-            if isinstance(what, BaseException):
-                self._report(seq, 1, error_text(what), False, started)
+            if isinstance(what, BaseException):  # it fails; a commit step still sees it
+                self._ended(_Done(seq, item, 1, error_text(what), False, started))
                 self._reader_done()
                 continue
             task = loop.create_task(self._run(seq, item, what, carrier, started))
@@ -301,16 +301,7 @@ class _WorkerProcess(asyncio.Protocol):
             if self.commits:
                 holding = False
                 self._reader_done()  # the next item reads while this one commits
-                self._send_read(seq)  # and the parent may send one more
-                entry = _Done(seq, item, attempt, error, timed_out, started)
-                if error is None:  # committed together with the others that succeed now
-                    self.committing.add(entry)
-                else:  # alone: the source may wait (a retry backoff) without holding others
-                    task = asyncio.get_running_loop().create_task(self._commit([entry]))
-                    self.running.add(task)
-                    task.add_done_callback(self._finished)
-            else:
-                self._report(seq, attempt, error, timed_out, started)
+            self._ended(_Done(seq, item, attempt, error, timed_out, started))
             reported = True
         except asyncio.CancelledError:
             raise
@@ -322,6 +313,20 @@ class _WorkerProcess(asyncio.Protocol):
         finally:
             if holding:  # after the outcome is queued, so it is sent before the next item runs
                 self._reader_done()
+
+    def _ended(self, done: _Done) -> None:
+        """Commit an item whose reader ended (or that `begin` refused), or report it."""
+        if not self.commits:
+            self._report(done, done.error)
+            return
+        self._send_read(done.seq)  # the parent may send one more
+        if done.error is None:  # committed together with the others that succeed now
+            self.committing.add(done)
+            return
+        # Alone: the source may wait there (a retry backoff) without holding others.
+        task = asyncio.get_running_loop().create_task(self._commit([done]))
+        self.running.add(task)
+        task.add_done_callback(self._finished)
 
     async def _commit(self, batch: list[_Done]) -> None:
         """Run the source's commit on items whose readers ended, then report each."""
@@ -337,24 +342,22 @@ class _WorkerProcess(asyncio.Protocol):
         except BaseException as exc:  # any failure is the items' outcome
             results = [exc] * len(batch)
         for done, result in zip(batch, results, strict=True):
-            error = done.error if result is None else error_text(result)
-            self._report(done.seq, done.attempt, error, done.timed_out, done.started)
+            self._report(done, done.error if result is None else error_text(result))
 
-    def _report(
-        self, seq: int, attempt: int, error: str | None, timed_out: bool, started: float
-    ) -> None:
-        """Count one item's outcome and queue it for the parent."""
+    def _report(self, done: _Done, error: str | None) -> None:
+        """Count one item's outcome (`error`, or None: it succeeded) and queue it for the
+        parent."""
         metrics = self.plan.metrics
         if metrics is not None:  # duration first: whoever sees the outcome sees it
-            metrics.duration.observe(time.perf_counter() - started)
+            metrics.duration.observe(time.perf_counter() - done.started)
             (metrics.succeeded if error is None else metrics.failed).inc()
-            if timed_out:
+            if done.timed_out:
                 metrics.timed_out.inc()
         if error is None:
-            self._send(encode(Kind.SUCCEEDED, seq, attempt))
+            self._send(encode(Kind.SUCCEEDED, done.seq, done.attempt))
         else:
-            kind = Kind.TIMED_OUT if timed_out else Kind.FAILED
-            self._send(encode(kind, seq, attempt, error.encode(errors="replace")))
+            kind = Kind.TIMED_OUT if done.timed_out else Kind.FAILED
+            self._send(encode(kind, done.seq, done.attempt, error.encode(errors="replace")))
 
     async def _read(
         self, item: Any, seq: int, carrier: bytes | None
