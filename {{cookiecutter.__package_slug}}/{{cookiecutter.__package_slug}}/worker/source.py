@@ -118,9 +118,9 @@ class Source:
         self, done: Sequence[tuple[Any, str | None]], state: Any
     ) -> Sequence[Exception | None]:
         """In a worker process, after the reader: `done` holds (item, error) pairs, the error
-        being its failure's text (a `Failure` when the reader raised) or None. Return, per
-        item and in order, None (the reader's outcome stands) or an `Exception` (the item
-        fails with it).
+        being its failure's text (a `Failure` when the reader raised; `begin`'s refusal for an
+        item whose reader did not run) or None. Return, per item and in order, None (that
+        outcome stands) or an `Exception` (the item fails with it).
 
         The items that succeed while a previous call runs come together in the next call; an
         item that failed comes alone, so a source may wait there (a retry backoff) without
