@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -269,14 +269,8 @@ class _WorkerProcess(asyncio.Protocol):
                 decoded.append((seq, *one))
         if not decoded:
             return
-        try:
-            given = list(await self.plan.source.begin([item for _, item, _ in decoded], self.state))
-            if len(given) != len(decoded):
-                raise RuntimeError(f"begin() returned {len(given)} items for {len(decoded)}")
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # any failure is the items' outcome
-            given = [exc] * len(decoded)
+        items = [item for _, item, _ in decoded]
+        given = await _per_item("begin", self.plan.source.begin(items, self.state), len(items))
         loop = asyncio.get_running_loop()
         for (seq, item, carrier), what in zip(decoded, given, strict=True):
             if isinstance(what, BaseException):  # it fails; a commit step still sees it
@@ -330,17 +324,8 @@ class _WorkerProcess(asyncio.Protocol):
 
     async def _commit(self, batch: list[_Done]) -> None:
         """Run the source's commit on items whose readers ended, then report each."""
-        results: list[BaseException | None]
-        try:
-            results = list(
-                await self.plan.source.commit([(d.item, d.error) for d in batch], self.state)
-            )
-            if len(results) != len(batch):
-                raise RuntimeError(f"commit() returned {len(results)} results for {len(batch)}")
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # any failure is the items' outcome
-            results = [exc] * len(batch)
+        call = self.plan.source.commit([(d.item, d.error) for d in batch], self.state)
+        results = await _per_item("commit", call, len(batch))
         for done, result in zip(batch, results, strict=True):
             self._report(done, done.error if result is None else error_text(result))
 
@@ -458,6 +443,20 @@ class _WorkerProcess(asyncio.Protocol):
         if self.outbox and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.outbox))
         self.outbox.clear()
+
+
+async def _per_item(name: str, call: Awaitable[Sequence[Any]], count: int) -> list[Any]:
+    """The results of a source's `begin` or `commit` call for `count` items, one per item:
+    if the call raises, or returns another number of results, that error for each."""
+    try:
+        results = list(await call)
+        if len(results) != count:
+            raise RuntimeError(f"{name}() returned {len(results)} results for {count} items")
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # any failure is the items' outcome
+        return [exc] * count
+    return results
 
 
 async def _within(awaitable: Any, seconds: float) -> None:
