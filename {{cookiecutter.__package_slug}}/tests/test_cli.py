@@ -134,3 +134,22 @@ def test_health_check_follows_the_metrics_server(tmp_path: Path) -> None:
     assert off.stderr.strip() == (
         f"unhealthy: {PREFIX}METRICS_PORT is 0: the health check needs the metrics server"
     )
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable_and_the_rule() -> None:
+    cases = {
+        "NUM_PROCESSES": ("-1", f"{PREFIX}NUM_PROCESSES='-1': Input should be greater than"),
+        "LOG_LEVEL": ("verbose", f"{PREFIX}LOG_LEVEL='verbose': String should match pattern"),
+    }
+    for name, (value, expected) in cases.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "{{ cookiecutter.__package_slug }}.qq", "--help"],
+            cwd=PROJECT,
+            env=clean_env(**{name: value}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
+        assert result.stderr.startswith(f"error: {expected}"), result.stderr

@@ -29,6 +29,7 @@ from jobs_support import (
     wait_for,
     wait_until,
 )
+from pydantic import ValidationError
 from servers import Server, running
 from support import Journal, fast_settings, free_port, kill_session
 
@@ -81,10 +82,17 @@ def test_submit_keys_counts_and_bad_input(server: Server, stream: str) -> None:
     assert jobs_module.submit("module-level", settings=settings) is not None
     secret = settings_for(server.port, stream, jobs_password="hunter2")
     assert "hunter2" not in repr(secret)
-    with pytest.raises(JobsError, match="move it to JOBS_PASSWORD"):
-        Jobs(settings_for(1, stream, jobs_redis_url="redis://:hunter2@127.0.0.1:1/0"))
-    with pytest.raises(JobsError, match="has scheme 'http'"):
-        RedisJobs(settings_for(1, stream, jobs_redis_url="http://example"))
+    refused = {
+        "redis://:hunter2@127.0.0.1:1/0": "move it to JOBS_PASSWORD",
+        "redis://127.0.0.1:1/0?password=hunter2": "move it to JOBS_PASSWORD",
+        "ftp://user:hunter2@example/": "move it to JOBS_PASSWORD",
+        "http://example": "has scheme 'http'",
+        "redis://127.0.0.1:99999/0": "is not a valid URL",
+    }
+    for url, rule in refused.items():
+        with pytest.raises(ValidationError, match=rule) as info:
+            settings_for(1, stream, jobs_redis_url=url)
+        assert "hunter2" not in str(info.value.errors()[0]["msg"])
     with pytest.raises(JobsError, match="has a 'cache' part"):
         RedisJobs(settings_for(1, "shop:cache:jobs"))
 

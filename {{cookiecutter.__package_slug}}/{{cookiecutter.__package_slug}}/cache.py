@@ -22,7 +22,7 @@ from aiocache import Cache as Backends
 from aiocache.serializers import PickleSerializer
 
 from .settings import Settings
-from .worker.remote import Outage, refuse_password_in_url
+from .worker.remote import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +110,7 @@ def namespace_of(settings: Settings) -> str:
 
 
 def _backend(settings: Settings) -> Any:
-    url = urlsplit(settings.cache_url)
-    try:
-        refuse_password_in_url("CACHE_URL", settings.cache_url, "CACHE_PASSWORD")
-    except ValueError as exc:
-        raise CacheError(str(exc)) from None
+    url = urlsplit(settings.cache_url)  # `Settings` checked it
     common: dict[str, Any] = {
         "namespace": namespace_of(settings),
         "serializer": PickleSerializer(),

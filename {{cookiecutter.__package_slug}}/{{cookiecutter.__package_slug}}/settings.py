@@ -8,18 +8,24 @@ class, so it is the same whatever features the project was rendered with; QuasiQ
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
+{%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
+from urllib.parse import parse_qs, urlsplit
+{%- endif %}
 
-from pydantic import Field{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, SecretStr{% endif %}
+from pydantic import Field{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, SecretStr{% endif %}, ValidationError{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, field_validator{% endif %}
 from pydantic_settings import SettingsConfigDict
 from quasiqueue import Settings as QuasiQueueSettings
+
+ENV_PREFIX = "{{ cookiecutter.__env_prefix }}"
 
 
 class Settings(QuasiQueueSettings):
     """All settings of the worker: QuasiQueue's, with defaults tuned for this runner, and ours."""
 
     model_config = SettingsConfigDict(
-        env_prefix="{{ cookiecutter.__env_prefix }}",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
@@ -70,6 +76,13 @@ class Settings(QuasiQueueSettings):
     )
     cache_ttl: int = Field(default=3600, ge=0)
     cache_enabled: bool = True
+
+    @field_validator("cache_url")
+    @classmethod
+    def _cache_url(cls, url: str) -> str:
+        examples = "memory://, redis://host:port/db or memcached://host:port"
+        _check_url("CACHE_URL", url, ("memory", "redis", "memcached"), examples, "CACHE_PASSWORD")
+        return url
 {%- endif %}
 {%- if cookiecutter.include_spool %}
 
@@ -97,7 +110,61 @@ class Settings(QuasiQueueSettings):
     jobs_dead_maxlen: int = Field(default=100_000, ge=1)
     # Seconds a submit key is remembered: the same key is not added again within this time.
     jobs_key_ttl: int = Field(default=86_400, ge=1)
+
+    @field_validator("jobs_redis_url")
+    @classmethod
+    def _jobs_redis_url(cls, url: str) -> str:
+        examples = "redis://host:port/db, rediss://host:port/db or unix:///path"
+        _check_url("JOBS_REDIS_URL", url, ("redis", "rediss", "unix"), examples, "JOBS_PASSWORD")
+        return url
 {%- endif %}
 
 
-settings = Settings()
+def load() -> Settings:
+    """The settings from the environment and `.env`. A bad value ends the program with one
+    line per problem on stderr, naming the variable and the rule, and exit status 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for problem in problems(exc):
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def problems(exc: ValidationError) -> list[str]:
+    """One line per invalid setting: its variable, its value (unless it may hold a secret)
+    and the rule it breaks."""
+    lines = []
+    for error in exc.errors():
+        name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+        secret = "PASSWORD" in name or "URL" in name
+        shown = "" if secret else f"={error.get('input')!r}"
+        rule = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}{shown}: {rule}")
+    return lines
+
+{%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
+
+
+def _check_url(
+    setting: str, url: str, schemes: tuple[str, ...], examples: str, secret_setting: str
+) -> None:
+    """Raise ValueError, naming `setting` and never showing a password, unless `url` parses,
+    has one of `schemes` and holds no password (that belongs in `secret_setting`). `examples`
+    shows the right form, e.g. "redis://host:port/db or unix:///path"."""
+    try:
+        parts = urlsplit(url)
+        if parts.port == 0:
+            raise ValueError("port 0")
+    except ValueError as exc:
+        raise ValueError(f"{setting} is not a valid URL ({exc}): use {examples}") from None
+    if parts.password or "password" in parse_qs(parts.query):
+        raise ValueError(
+            f"{setting} holds a password: move it to {secret_setting}, which is kept secret"
+        )
+    if parts.scheme not in schemes:
+        raise ValueError(f"{setting} {url!r} has scheme {parts.scheme!r}: use {examples}")
+{%- endif %}
+
+
+settings = load()

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, partial
 from typing import Any, NamedTuple, cast
-from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -54,7 +53,7 @@ from redis.retry import Retry
 from ..settings import Settings
 from ..worker import Outcome, Source, SourceUnavailable
 from ..worker.dead_letters import DeadLetter, dead_letter_commands
-from ..worker.remote import Outage, refuse_password_in_url
+from ..worker.remote import Outage
 from ..worker.retry import backoff
 from ..worker.texts import shorten
 
@@ -169,16 +168,7 @@ def default_consumer() -> str:
 
 
 def _connection_options(settings: Settings) -> dict[str, Any]:
-    url = urlsplit(settings.jobs_redis_url)
-    if url.scheme not in ("redis", "rediss", "unix"):
-        raise JobsError(
-            f"JOBS_REDIS_URL {settings.jobs_redis_url!r} has scheme {url.scheme!r}: "
-            "use redis://host:port/db, rediss://host:port/db or unix:///path"
-        )
-    try:
-        refuse_password_in_url("JOBS_REDIS_URL", settings.jobs_redis_url, "JOBS_PASSWORD")
-    except ValueError as exc:
-        raise JobsError(str(exc)) from None
+    """What every client of the stream connects with (`Settings` checked the URL)."""
     password = settings.jobs_password.get_secret_value() if settings.jobs_password else None
     return {
         "password": password,
@@ -794,7 +784,6 @@ class RedisJobs(Source):
         self.group = settings.jobs_group
         self.consumer = consumer or settings.jobs_consumer or default_consumer()
         self.record_acks = record_acks
-        _connection_options(settings)  # fail now on a bad URL
         self.interval = settings.jobs_claim_idle / 4
         self.leases: dict[str, int] = {}  # entry -> delivery count, for jobs not yet settled
         self.draining = False

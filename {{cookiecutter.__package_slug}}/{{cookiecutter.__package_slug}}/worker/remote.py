@@ -1,23 +1,14 @@
-"""What every client of a server here shares (job sources, the cache): a URL that holds no
-password, and warnings about an unreachable server that do not flood the log."""
+"""What every client of a server here shares (job sources, the cache): warnings about an
+unreachable server that do not flood the log."""
 
 from __future__ import annotations
 
 import logging
 import time
-from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
 WARN_EVERY = 10.0  # seconds between two warnings about the same unreachable server
-
-
-def refuse_password_in_url(setting: str, url: str, secret_setting: str) -> None:
-    """Raise ValueError if `url` holds a password: it belongs in `secret_setting`."""
-    if urlsplit(url).password:
-        raise ValueError(
-            f"{setting} holds a password: move it to {secret_setting}, which is kept secret"
-        )
 
 
 class Outage:
