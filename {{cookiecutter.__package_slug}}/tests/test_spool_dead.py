@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -20,6 +21,12 @@ from {{ cookiecutter.__package_slug }}.spool import (
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 
+def typer_app(command: Callable[..., None]) -> typer.Typer:
+    app = typer.Typer()
+    app.command()(command)
+    return app
+
+
 async def test_dead_batches_listed_replayed_once_from_two_processes_and_purged(
     tmp_path: Path, journal: Journal
 ) -> None:
@@ -32,8 +39,14 @@ async def test_dead_batches_listed_replayed_once_from_two_processes_and_purged(
     def bury(item: SpoolItem) -> None:
         raise ValueError(f"no good: {item.key}")
 
-    buried = await Worker("t", bury, settings=settings, source=SpoolSource(settings)).drain()
+    source = SpoolSource(settings)
+    buried = await Worker("t", bury, settings=settings, source=source).drain()
     assert buried.failed == 50
+    gauges = await source.gauges()  # each dead batch once, not with its error note
+    assert (gauges["waiting"], gauges["pending"], gauges["dead_letters"]) == (0, 0, 50)
+    [stats] = [c for c in source.commands() if getattr(c, "__name__", "") == "stats"]
+    printed = CliRunner().invoke(typer_app(stats), [])
+    assert json.loads(printed.output)["dead"] == 50, printed.output
 
     dead = dead_batches(root)
     assert len(dead) == 50

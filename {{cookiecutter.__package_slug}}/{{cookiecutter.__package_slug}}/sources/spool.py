@@ -201,8 +201,10 @@ class _DeadBatches:
 
 
 def _entries(folder: Path) -> list[str]:
-    """The batch names in one spool folder (none if it does not exist yet)."""
+    """The batch names in one spool folder (none if it does not exist yet): not hidden files,
+    nor the `.error` note beside each dead batch."""
     try:
-        return [name for name in os.listdir(folder) if not name.startswith(".")]
+        names = os.listdir(folder)
+        return [n for n in names if not n.startswith(".") and not n.endswith(".error")]
     except FileNotFoundError:
         return []
