@@ -12,7 +12,15 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
 DOCS = sorted([PROJECT / "README.md", *PROJECT.glob("docs/*.md")])
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"^```[A-Za-z]*$")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_code_fences_stand_alone(doc: Path) -> None:
+    lines = doc.read_text().splitlines()
+    bad = [n for n, line in enumerate(lines, 1) if line.startswith("```") and not FENCE.match(line)]
+    assert not bad, f"{doc.name}: text after a code fence on line(s) {bad}"
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
