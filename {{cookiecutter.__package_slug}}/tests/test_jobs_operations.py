@@ -24,7 +24,7 @@ from jobs_support import (
     wait_until,
 )
 from servers import Server, running
-from support import Journal, at_once_in_two_processes
+from support import Journal, at_once_in_two_processes, free_port
 
 from {{ cookiecutter.__package_slug }}.settings import Settings
 from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
@@ -95,6 +95,20 @@ async def test_dead_letters_listed_replayed_once_from_two_processes_and_purged(
         assert jobs.stats() == JobStats(stream, 0, 0, 0)
         assert jobs.dead_replay(None) == 0
     assert len(acks(server.port, stream)) == 20
+
+
+def test_commands_name_the_url_when_redis_is_down(stream: str) -> None:
+    prefix = "{{ cookiecutter.__env_prefix }}"
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefix)}
+    env |= {"PYTHONPATH": str(PROJECT), f"{prefix}JOBS_REDIS_URL": url}
+    for args in (["submit", "1"], ["stats"], ["dead", "list"]):
+        command = [sys.executable, "-m", "{{ cookiecutter.__package_slug }}.qq", *args]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, (args, result.stderr)
+        [line] = result.stderr.splitlines()
+        assert line.startswith("error: "), line
+        assert f"Redis at {url} (JOBS_REDIS_URL)" in line, line
 
 
 def test_dead_letter_commands(server: Server, stream: str) -> None:

@@ -1239,6 +1239,7 @@ class RedisJobs(Source):
     def commands(self) -> list[Callable[..., None] | typer.Typer]:
         """`submit`, `stats` and `dead` (list, replay, purge)."""
         settings = self.settings
+        at_redis = f"Redis at {settings.jobs_redis_url} (JOBS_REDIS_URL)"
 
         def submit(
             payloads: list[str] = typer.Argument(..., help="JSON payloads; '-' reads JSON lines."),  # noqa: B008
@@ -1273,8 +1274,11 @@ class RedisJobs(Source):
             try:
                 with Jobs(settings) as jobs:
                     ids = jobs.submit_many(values, [key] * len(values), delay=delay)
-            except (JobsError, redis.RedisError) as exc:
+            except JobsError as exc:
                 typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            except redis.RedisError as exc:
+                typer.echo(f"error: {at_redis}: {exc}", err=True)
                 raise typer.Exit(2) from None
             for job_id in ids:
                 typer.echo(
@@ -1286,12 +1290,15 @@ class RedisJobs(Source):
             try:
                 with Jobs(settings) as jobs:
                     counts = jobs.stats()
-            except (JobsError, redis.RedisError) as exc:
+            except JobsError as exc:
                 typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            except redis.RedisError as exc:
+                typer.echo(f"error: {at_redis}: {exc}", err=True)
                 raise typer.Exit(2) from None
             typer.echo(json.dumps(counts.__dict__))
 
-        where = f"the stream {dead_name(self.stream)}"
+        where = f"the stream {dead_name(self.stream)} in {at_redis}"
         dead = dead_letter_commands(partial(Jobs, settings), where, (JobsError, redis.RedisError))
         return [submit, stats, dead]
 

@@ -56,7 +56,7 @@ def dead_letter_commands(
             with open_letters() as opened:
                 yield opened
         except failures as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {where}: {exc}", err=True)
             raise typer.Exit(2) from None
 
     @app.command("list")
