@@ -8,9 +8,10 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from support import CommittingSource, Journal, fast_settings, writer_over
 
-from {{ cookiecutter.__package_slug }}.worker import Worker
+from {{ cookiecutter.__package_slug }}.worker import Worker, WorkerError, WriterSource
 
 
 def recording_reader(journal: Journal) -> Any:
@@ -160,3 +161,22 @@ async def test_with_a_commit_step_unread_items_still_spread_over_the_processes(
     per_process = journal.column(1)
     assert len(per_process) == 2
     assert min(per_process.values()) >= 3, per_process
+
+
+class DurableSource(WriterSource):
+    """A writer whose items count as leases, as a spool's or a stream's do."""
+
+    durable = True
+
+
+def test_max_unstarted_below_the_read_ahead_is_refused() -> None:
+    async def read(item: int) -> None:
+        return None
+
+    settings = fast_settings(num_processes=2, concurrent_tasks_per_process=3, max_unstarted=12)
+    worker = Worker("t", read, settings=settings, source=DurableSource(writer_over([1]), settings))
+    with pytest.raises(WorkerError, match=r"MAX_UNSTARTED=12 is not above .* = 12\): set it"):
+        asyncio.run(worker.drain())
+    settings = fast_settings(num_processes=2, concurrent_tasks_per_process=3, max_unstarted=13)
+    worker = Worker("t", read, settings=settings, source=DurableSource(writer_over([1]), settings))
+    assert asyncio.run(worker.drain()).succeeded == 1
