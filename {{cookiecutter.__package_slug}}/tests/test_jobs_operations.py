@@ -138,11 +138,18 @@ def test_dead_letter_commands(server: Server, stream: str) -> None:
         ("j1", 3, "e1"),
     ]
     assert run("dead", "replay", letters[0]["id"]).stdout.strip() == "replayed 1"
-    assert run("dead", "replay", letters[0]["id"]).stdout.strip() == "replayed 0"
+    again = run("dead", "replay", letters[0]["id"])  # replayed already: not a dead letter now
+    assert (again.returncode, again.stdout.strip()) == (1, "replayed 0")
+    assert again.stderr.strip() == "error: 1 of the ids given are not dead letters (`dead list`)"
+    malformed = run("dead", "purge", "not-an-id")
+    assert malformed.returncode == 2
+    assert malformed.stderr.startswith("error: ")
+    assert "dead-letter id 'not-an-id' is not a stream entry id" in malformed.stderr
     assert run("dead", "purge", "--all").stdout.strip() == "purged 2"
-    neither = run("dead", "replay")
+    neither = run("dead", "purge")
     assert neither.returncode == 2
-    assert neither.stderr.strip() == "error: replay needs dead-letter ids or --all (one of the two)"
+    needs = "error: purge needs one of: dead-letter ids, --all, --older-than"
+    assert neither.stderr.strip() == needs
     stats = json.loads(run("stats").stdout)
     assert (stats["waiting"], stats["dead"], stats["scheduled"]) == (1, 0, 0)
     delayed = run("submit", "--delay", "60", '"later"')

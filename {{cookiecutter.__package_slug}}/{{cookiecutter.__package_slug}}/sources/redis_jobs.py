@@ -65,6 +65,7 @@ OUTAGE_PAUSE = 0.25  # seconds between two tries of an unreachable Redis while f
 SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as failed
 BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the socket timeout
 CACHE_PREFIX = re.compile(r"(^|:)cache(:|$)")
+ENTRY_ID = re.compile(r"\d+-\d+")
 STOPPED = "the worker holding it stopped without an outcome"  # a dead letter's error
 
 
@@ -160,6 +161,16 @@ def wake_name(stream: str) -> str:
 
 def _key_name(stream: str, key: str) -> str:
     return f"{stream}:key:{key}"
+
+
+def _check_entry_ids(ids: Sequence[str]) -> None:
+    """Raise JobsError naming the first id that is not a stream entry id."""
+    for entry in ids:
+        if not ENTRY_ID.fullmatch(entry):
+            raise JobsError(
+                f"dead-letter id {entry!r} is not a stream entry id like 1700000000000-0 "
+                "(`dead list` shows them)"
+            )
 
 
 def default_consumer() -> str:
@@ -643,6 +654,7 @@ class Jobs:
         id, payload and key kept, attempts reset; each once, even if two callers replay at
         once. Returns how many."""
         if ids is not None:
+            _check_entry_ids(ids)
             chunks = [list(ids[start : start + CHUNK]) for start in range(0, len(ids), CHUNK)]
             return sum(self._replay_some(chunk) for chunk in chunks)
         last = self._last_dead()
@@ -658,6 +670,7 @@ class Jobs:
         """Delete dead letters: these, or (None) all there are now, or those older than
         `older_than` seconds (by Redis' clock). Returns how many."""
         if ids is not None:
+            _check_entry_ids(ids)
             return sum(
                 int(self.client.xdel(self.dead, *ids[start : start + CHUNK]))
                 for start in range(0, len(ids), CHUNK)

@@ -75,9 +75,11 @@ def dead_letter_commands(
         everything: bool = typer.Option(False, "--all", help="Replay every dead letter."),
     ) -> None:
         """Hand dead letters out again as new items (payload and key kept, attempts reset)."""
-        chosen = _choose(ids, everything, "replay")
+        chosen = _choose(ids, everything, "replay", "--all")
         with letters() as opened:
-            typer.echo(f"replayed {opened.dead_replay(chosen)}")
+            replayed = opened.dead_replay(chosen)
+        typer.echo(f"replayed {replayed}")
+        _missing(chosen, replayed)
 
     @app.command()
     def purge(
@@ -91,16 +93,29 @@ def dead_letter_commands(
         if older_than is not None and (ids or everything):
             typer.echo("error: give ids, --all or --older-than, not several", err=True)
             raise typer.Exit(2)
-        chosen = None if older_than is not None else _choose(ids, everything, "purge")
+        chosen = None
+        if older_than is None:
+            chosen = _choose(ids, everything, "purge", "--all, --older-than")
         with letters() as opened:
-            typer.echo(f"purged {opened.dead_purge(chosen, older_than)}")
+            purged = opened.dead_purge(chosen, older_than)
+        typer.echo(f"purged {purged}")
+        _missing(chosen, purged)
 
     return app
 
 
-def _choose(ids: list[str] | None, everything: bool, verb: str) -> list[str] | None:
+def _choose(ids: list[str] | None, everything: bool, verb: str, options: str) -> list[str] | None:
     """The ids to act on, or None for all; exits 2 unless exactly one of the two was given."""
     if bool(ids) == everything:
-        typer.echo(f"error: {verb} needs dead-letter ids or --all (one of the two)", err=True)
+        typer.echo(f"error: {verb} needs one of: dead-letter ids, {options}", err=True)
         raise typer.Exit(2)
     return None if everything else list(ids or [])
+
+
+def _missing(chosen: list[str] | None, done: int) -> None:
+    """Exit 1, saying so, if fewer of the ids `chosen` were acted on than given."""
+    if chosen is not None and done < len(set(chosen)):
+        missing = len(set(chosen)) - done
+        text = f"error: {missing} of the ids given are not dead letters (`dead list`)"
+        typer.echo(text, err=True)
+        raise typer.Exit(1)
