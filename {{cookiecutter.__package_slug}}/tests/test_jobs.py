@@ -88,6 +88,7 @@ def test_submit_keys_counts_and_bad_input(server: Server, stream: str) -> None:
         "ftp://user:hunter2@example/": "move it to JOBS_PASSWORD",
         "http://example": "has scheme 'http'",
         "redis://127.0.0.1:99999/0": "is not a valid URL",
+        "redis://127.0.0.1:6379/x": "names database 'x': use a number",
     }
     for url, rule in refused.items():
         with pytest.raises(ValidationError, match=rule) as info:
@@ -145,7 +146,11 @@ def test_command_line_submits_and_counts(server: Server, stream: str) -> None:
     bad = run("submit", "not json")
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: payload 'not json' is not JSON")
+    assert bad.stderr.strip().endswith("""a string is quoted in JSON: '"not json"'""")
     assert len(bad.stderr.strip().splitlines()) == 1
+    broken = run("submit", '{"a": 1')  # no hint to quote what is meant as an object
+    assert broken.returncode == 2
+    assert "quoted" not in broken.stderr
     stats = run("stats")
     counts = {"stream": stream, "waiting": 4, "pending": 0, "dead": 0, "scheduled": 0}
     assert json.loads(stats.stdout) == counts

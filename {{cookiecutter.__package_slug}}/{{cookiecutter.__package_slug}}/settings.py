@@ -164,6 +164,9 @@ def _check_url(
         )
     if parts.scheme not in schemes:
         raise ValueError(f"{setting} {url!r} has scheme {parts.scheme!r}: use {examples}")
+    database = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise ValueError(f"{setting} {url!r} names database {database!r}: use a number")
 {%- endif %}
 
 

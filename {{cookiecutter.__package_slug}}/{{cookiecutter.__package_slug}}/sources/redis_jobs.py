@@ -66,6 +66,7 @@ SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as faile
 BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the socket timeout
 CACHE_PREFIX = re.compile(r"(^|:)cache(:|$)")
 ENTRY_ID = re.compile(r"\d+-\d+")
+_QUOTE_HINT = "; a string is quoted in JSON: '\"%s\"'"
 STOPPED = "the worker holding it stopped without an outcome"  # a dead letter's error
 
 
@@ -1274,10 +1275,8 @@ class RedisJobs(Source):
                 try:
                     values.append(json.loads(text))
                 except ValueError as exc:
-                    typer.echo(
-                        f"error: payload {text!r} is not JSON ({exc}); quote strings: '\"{text}\"'",
-                        err=True,
-                    )
+                    hint = "" if text.lstrip()[:1] in ("{", "[", '"') else _QUOTE_HINT % text
+                    typer.echo(f"error: payload {text!r} is not JSON ({exc}){hint}", err=True)
                     raise typer.Exit(2) from None
             if key is not None and len(values) != 1:
                 typer.echo(
