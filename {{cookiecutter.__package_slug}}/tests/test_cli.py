@@ -153,3 +153,25 @@ def test_a_bad_setting_is_one_line_naming_the_variable_and_the_rule() -> None:
         assert result.returncode == 2, result.stderr
         assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
         assert result.stderr.startswith(f"error: {expected}"), result.stderr
+
+
+def test_usage_names_the_command_as_it_was_run() -> None:
+    module = "{{ cookiecutter.__package_slug }}.qq"
+    script = "; ".join(
+        [
+            "import sys",
+            "sys.argv = ['/venv/bin/my-tool', '--help']",  # as a console script runs it
+            f"from {module} import runner",
+            "runner.cli()",
+        ]
+    )
+    runs = {
+        f"Usage: python -m {module}": [sys.executable, "-m", module, "--help"],
+        "Usage: my-tool": [sys.executable, "-c", script],
+    }
+    for usage, command in runs.items():
+        result = subprocess.run(
+            command, cwd=PROJECT, env=clean_env(), capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert usage in result.stdout, result.stdout

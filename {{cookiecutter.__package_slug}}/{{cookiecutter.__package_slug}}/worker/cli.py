@@ -45,8 +45,9 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
 
     @app.command()
     def health() -> None:
-        """Exit 0 if a running worker answers on its metrics port and its source can be
-        reached, else 1 (a HEALTHCHECK)."""
+        """Exit 0 if a running worker answers on its metrics port and its source is reachable.
+
+        Else print why and exit 1: a container HEALTHCHECK."""
         settings = worker.settings
         if settings.metrics_port == 0:
             name = f"{settings.model_config.get('env_prefix', '')}METRICS_PORT"
@@ -66,7 +67,9 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
 
     configure_logging(worker.settings.log_level, worker.settings.log_format)
     args = list(sys.argv[1:] if argv is None else argv) or ["serve"]
-    app(args=args, prog_name=f"python -m {type(worker).__module__.split('.')[0]}.qq")
+    script = sys.argv[0]  # a console script's path, or qq.py's under `python -m`
+    prog = os.path.basename(script) if script and not script.endswith(".py") else None
+    app(args=args, prog_name=prog or f"python -m {type(worker).__module__.split('.')[0]}.qq")
 
 
 @contextmanager

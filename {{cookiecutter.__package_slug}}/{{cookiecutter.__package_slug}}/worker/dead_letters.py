@@ -63,8 +63,7 @@ def dead_letter_commands(
     def list_(
         limit: int = typer.Option(20, min=1, help="How many, oldest first."),
     ) -> None:
-        """Print the oldest dead letters, one JSON object a line (id, job, attempts, error,
-        when)."""
+        """Print the oldest dead letters as JSON lines (id, job, attempts, error, when)."""
         with letters() as opened:
             for letter in opened.dead_list(limit):
                 typer.echo(json.dumps(asdict(letter)))
