@@ -94,8 +94,10 @@ def test_submit_keys_counts_and_bad_input(server: Server, stream: str) -> None:
         with pytest.raises(ValidationError, match=rule) as info:
             settings_for(1, stream, jobs_redis_url=url)
         assert "hunter2" not in str(info.value.errors()[0]["msg"])
-    with pytest.raises(JobsError, match="has a 'cache' part"):
-        RedisJobs(settings_for(1, "shop:cache:jobs"))
+    with pytest.raises(ValidationError, match="has a 'cache' part"):
+        settings_for(1, "shop:cache:jobs")
+    with pytest.raises(ValidationError, match="'cache:jobs' has a 'cache' part"):
+        settings_for(1, "x", jobs_stream=None, project_name="cache")  # its default stream
 
 
 def test_stats_count_what_waits_whatever_the_stream_still_holds(

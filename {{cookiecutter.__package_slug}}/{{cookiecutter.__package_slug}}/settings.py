@@ -8,13 +8,16 @@ class, so it is the same whatever features the project was rendered with; QuasiQ
 
 from __future__ import annotations
 
+{% if cookiecutter.include_redis_jobs -%}
+import re
+{% endif -%}
 import sys
 from typing import Literal
 {%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
 from urllib.parse import parse_qs, urlsplit
 {%- endif %}
 
-from pydantic import Field{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, SecretStr{% endif %}, ValidationError{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, field_validator{% endif %}
+from pydantic import Field{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, SecretStr{% endif %}, ValidationError{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, field_validator{% endif %}{% if cookiecutter.include_redis_jobs %}, model_validator{% endif %}
 from pydantic_settings import SettingsConfigDict
 from quasiqueue import Settings as QuasiQueueSettings
 
@@ -117,6 +120,16 @@ class Settings(QuasiQueueSettings):
         examples = "redis://host:port/db, rediss://host:port/db or unix:///path"
         _check_url("JOBS_REDIS_URL", url, ("redis", "rediss", "unix"), examples, "JOBS_PASSWORD")
         return url
+
+    @model_validator(mode="after")
+    def _stream_outside_the_cache(self) -> Settings:
+        stream = self.jobs_stream or f"{self.project_name}:jobs"
+        if re.search(r"(^|:)cache(:|$)", stream):
+            raise ValueError(
+                f"{ENV_PREFIX}JOBS_STREAM {stream!r} has a 'cache' part: that key space is the"
+                " cache's"
+            )
+        return self
 {%- endif %}
 
 
@@ -136,10 +149,14 @@ def problems(exc: ValidationError) -> list[str]:
     and the rule it breaks."""
     lines = []
     for error in exc.errors():
-        name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+        field = "_".join(str(part) for part in error["loc"]).upper()
+        rule = error["msg"].removeprefix("Value error, ")
+        if not field:  # a rule across settings: its text names them
+            lines.append(rule)
+            continue
+        name = ENV_PREFIX + field
         secret = "PASSWORD" in name or "URL" in name
         shown = "" if secret else f"={error.get('input')!r}"
-        rule = error["msg"].removeprefix("Value error, ")
         lines.append(f"{name}{shown}: {rule}")
     return lines
 

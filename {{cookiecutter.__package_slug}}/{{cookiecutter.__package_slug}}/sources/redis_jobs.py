@@ -64,7 +64,6 @@ CHUNK = 1000  # jobs per pipeline or script call
 OUTAGE_PAUSE = 0.25  # seconds between two tries of an unreachable Redis while fetching
 SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as failed
 BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the socket timeout
-CACHE_PREFIX = re.compile(r"(^|:)cache(:|$)")
 ENTRY_ID = re.compile(r"\d+-\d+")
 _QUOTE_HINT = "; a string is quoted in JSON: '\"%s\"'"
 STOPPED = "the worker holding it stopped without an outcome"  # a dead letter's error
@@ -787,10 +786,6 @@ class RedisJobs(Source):
     ) -> None:
         self.settings = settings
         self.stream = stream_name(settings)
-        if CACHE_PREFIX.search(self.stream):
-            raise JobsError(
-                f"JOBS_STREAM {self.stream!r} has a 'cache' part: that key space is the cache's"
-            )
         self.dead = dead_name(self.stream)
         self.starts = starts_name(self.stream)
         self.scheduled = scheduled_name(self.stream)
