@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import os
+import pickle
 import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from servers import Server, running
-from support import Journal, fast_settings, writer_over
+from support import Journal, fast_settings, free_port, writer_over
 
 from {{ cookiecutter.__package_slug }} import cache as cache_module
 from {{ cookiecutter.__package_slug }}.cache import Cache, CacheError, cached, open_cache
@@ -109,6 +110,76 @@ async def test_clearing_the_cache_keeps_the_jobs_in_the_same_database(redis: Ser
 {%- endif %}
 
 
+async def test_keys_that_differ_stay_apart(url: str) -> None:
+    calls: list[str] = []
+
+    @cached(ttl=60)
+    async def echo(text: str) -> str:
+        calls.append(text)
+        return text
+
+    async with open_cache(cache_settings(url, cache_namespace=f"keys{os.getpid()}")) as cache:
+        # memcached cannot hold spaces or long keys; aiocache would map "a b" to "a_b"
+        for key in ("a b", "a_b", "x" * 300, "x" * 301):
+            assert await cache.set(key, key)
+        for key in ("a b", "a_b", "x" * 300, "x" * 301):
+            assert await cache.get(key) == key
+        assert [await echo("a b"), await echo("a_b"), await echo("a b")] == ["a b", "a_b", "a b"]
+        assert calls == ["a b", "a_b"]
+        assert await cache.delete("a b")
+        assert await cache.get("a_b") == "a_b"
+
+
+async def test_a_mistake_in_the_call_raises_and_is_not_an_outage(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_cache(cache_settings(url, cache_namespace="mistakes")) as cache:
+        with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+            await cache.set("k", lambda: 1)  # cannot be pickled
+        with pytest.raises(TypeError, match="ttl -1 must be None or a whole number"):
+            await cache.set("k", 1, ttl=-1)
+        assert await cache.set("forever", 1, ttl=0)  # 0: no expiry
+        assert await cache.get("forever") == 1
+    assert "carrying on without it" not in caplog.text
+    assert "reachable again" not in caplog.text
+
+
+async def test_a_server_never_reached_is_never_reported_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_cache(cache_settings(f"redis://127.0.0.1:{free_port()}/0")) as cache:
+        assert await cache.set("k", 1) is False
+        assert await cache.get("k", "miss") == "miss"
+    assert "cache set failed, carrying on without it" in caplog.text
+    assert "reachable again" not in caplog.text
+
+
+def test_cached_refuses_what_it_cannot_cache() -> None:
+    async def fetch(n: int) -> int:
+        return n
+
+    def blocking(n: int) -> int:
+        return n
+
+    with pytest.raises(TypeError, match=r"write @cached\(\) with parentheses"):
+        cached(fetch)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ttl '60' must be None or a whole number"):
+        cached(ttl="60")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ttl -5 must be None"):
+        cached(ttl=-5)
+    with pytest.raises(TypeError, match=r"cached\(\) needs an async function"):
+        cached()(blocking)  # type: ignore[arg-type]
+
+
+async def test_an_inner_cache_gives_the_outer_one_back() -> None:
+    async with open_cache(fast_settings(cache_namespace="outer")) as outer:
+        async with open_cache(fast_settings(cache_namespace="inner")) as inner:
+            assert cache_module.current() is inner
+        assert cache_module.current() is outer
+    with pytest.raises(CacheError, match="no cache is open"):
+        cache_module.current()
+
+
 async def test_memcached_refuses_to_clear_the_whole_server(memcached: Server) -> None:
     async with open_cache(cache_settings(f"memcached://127.0.0.1:{memcached.port}")) as cache:
         with pytest.raises(CacheError, match="cannot clear one namespace"):
@@ -116,10 +187,12 @@ async def test_memcached_refuses_to_clear_the_whole_server(memcached: Server) ->
 
 
 async def test_disabled_cache_is_a_no_op() -> None:
-    async with open_cache(fast_settings(cache_enabled=False)) as cache:
-        assert not cache.enabled
-        assert await cache.set("k", 1) is False
-        assert await cache.get("k", "miss") == "miss"
+    for url in ("memory://", "memcached://127.0.0.1:1"):
+        async with open_cache(fast_settings(cache_url=url, cache_enabled=False)) as cache:
+            assert not cache.enabled
+            assert await cache.set("k", 1) is False
+            assert await cache.get("k", "miss") == "miss"
+            assert await cache.clear() is False
 
 
 def test_password_stays_secret() -> None:

@@ -10,16 +10,20 @@ round-trips; only let trusted code write to the cache server. docs/cache.md has 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import logging
 import re
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiocache import Cache as Backends
 from aiocache.serializers import PickleSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .settings import Settings
 from .worker.remote import Outage
@@ -35,6 +39,11 @@ for _message in (
 
 R = TypeVar("R")
 OPERATION_TIMEOUT = 1.0  # seconds a cache call may take before it counts as failed
+# What a server that is down or slow raises; any other error is the caller's and is raised.
+UNAVAILABLE = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
+# memcached keys: at most 250 bytes, no spaces or control characters (aiocache would turn
+# spaces into "_", so "a b" and "a_b" would share a value). Other keys are hashed.
+_MEMCACHED_KEY = re.compile(r"[!-~]{1,200}")
 
 _current: Cache | None = None  # the cache of this process, set by open_cache
 
@@ -46,8 +55,10 @@ class CacheError(Exception):
 class Cache:
     """A namespaced cache whose calls never raise when the server is unavailable.
 
-    Its keys are `<CACHE_NAMESPACE>:cache:<key>`, a prefix no job source uses, so a cache and
-    a job stream can share one Redis database and `clear()` never touches the jobs.
+    On Redis its keys are `<CACHE_NAMESPACE>:cache:<key>`, a prefix no job source uses, so a
+    cache and a job stream can share one Redis database and `clear()` never touches the jobs.
+    On memcached a key that memcached cannot hold (spaces, over 200 characters) is stored
+    under its SHA-256.
     """
 
     def __init__(self, backend: Any, url: str, namespace: str, ttl: int | None) -> None:
@@ -56,6 +67,7 @@ class Cache:
         self.namespace = namespace
         self.ttl = ttl
         self._outage = Outage(f"cache {url}", logger)
+        self._memcached = url.startswith("memcached")
 
     def __repr__(self) -> str:
         return f"Cache(url={self.url!r}, namespace={self.namespace!r}, ttl={self.ttl!r})"
@@ -67,19 +79,24 @@ class Cache:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """Return the value under `key`, or `default` when missing or unreachable."""
-        return await self._call("get", default, key, default=default)
+        return await self._call("get", default, self._key(key), default=default)
 
     async def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
-        """Store `value` for `ttl` seconds (default: CACHE_TTL); False if not stored."""
-        return bool(await self._call("set", False, key, value, ttl=ttl or self.ttl))
+        """Store `value` for `ttl` seconds (None: CACHE_TTL; 0: no expiry); False if not
+        stored. Raises TypeError for a `ttl` that is not a whole number of seconds >= 0."""
+        _check_ttl(ttl)
+        seconds = self.ttl if ttl is None else (ttl or None)
+        return bool(await self._call("set", False, self._key(key), value, ttl=seconds))
 
     async def delete(self, key: str) -> bool:
         """Remove `key`; False if it was not there or the server is unreachable."""
-        return bool(await self._call("delete", False, key))
+        return bool(await self._call("delete", False, self._key(key)))
 
     async def clear(self) -> bool:
         """Remove every key of this namespace, and nothing else."""
-        if self.url.startswith("memcached"):
+        if self._backend is None:
+            return False
+        if self._memcached:
             raise CacheError(
                 "memcached cannot clear one namespace without flushing the whole server: "
                 "let the keys expire (CACHE_TTL) or use Redis"
@@ -89,14 +106,21 @@ class Cache:
     async def close(self) -> None:
         """Close the backend's connections."""
         if self._backend is not None:
-            await self._call("close", None)
+            with suppress(*UNAVAILABLE):
+                await self._backend.close()
+
+    def _key(self, key: str) -> str:
+        if self._memcached and not _MEMCACHED_KEY.fullmatch(key):
+            return "sha256-" + hashlib.sha256(key.encode()).hexdigest()
+        return key
 
     async def _call(self, operation: str, fallback: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one backend call; a server that is down or slow makes it return `fallback`."""
         if self._backend is None:
             return fallback
         try:
             result = await getattr(self._backend, operation)(*args, **kwargs)
-        except Exception as exc:
+        except UNAVAILABLE as exc:
             self._outage.failed(exc, f"cache {operation} failed, carrying on without it")
             return fallback
         if self._outage.down_since is not None:
@@ -141,11 +165,11 @@ async def open_cache(settings: Settings) -> AsyncIterator[Cache]:
     backend = _backend(settings) if settings.cache_enabled else None
     namespace = namespace_of(settings)
     cache = Cache(backend, settings.cache_url, namespace, settings.cache_ttl or None)
-    _current = cache
+    previous, _current = _current, cache
     try:
         yield cache
     finally:
-        _current = None
+        _current = previous
         await cache.close()
 
 
@@ -174,9 +198,15 @@ async def delete(key: str) -> bool:
 def cached(
     ttl: int | None = None,
 ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
-    """Cache an async function's results in the current cache, keyed by its arguments."""
+    """Cache an async function's results in the current cache, keyed by its arguments
+    (`@cached()` or `@cached(ttl=60)`; `ttl` as for `Cache.set`)."""
+    if callable(ttl):
+        raise TypeError(f"write @cached() with parentheses, not @cached (on {ttl!r})")
+    _check_ttl(ttl)
 
     def decorate(function: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        if not inspect.iscoroutinefunction(function):
+            raise TypeError(f"cached() needs an async function, got {function!r}")
         name = f"{function.__module__}.{function.__qualname__}"
         missing = object()
 
@@ -193,3 +223,9 @@ def cached(
         return wrapper
 
     return decorate
+
+
+def _check_ttl(ttl: object) -> None:
+    """Raise TypeError unless `ttl` is None or a whole number of seconds >= 0."""
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0):
+        raise TypeError(f"ttl {ttl!r} must be None or a whole number of seconds >= 0")
