@@ -515,6 +515,23 @@ async def test_concurrency_limit_bounds_in_flight() -> None:
     await queue2.start()
     with pytest.raises(ValueError, match="num_workers=5"):
         await queue2.start_workers(gate, 5)
+    await queue2.start_workers(gate)
+    with pytest.raises(ValueError, match="4 workers run and concurrency_limit=4: no room"):
+        await queue2.start_workers(gate)
+
+
+async def test_start_workers_refuses_a_sync_function() -> None:
+    def work(item: int) -> None:
+        return None
+
+    async def handler(exc: Exception, item: int) -> None:
+        return None
+
+    async with BoundedQueue[int]() as queue:
+        with pytest.raises(TypeError, match="worker_func must be an async callable"):
+            await queue.start_workers(work)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="error_handler must be an async callable"):
+            await queue.start_workers(handler, 1, work)  # type: ignore[arg-type]
 
 
 async def test_error_handler_gets_exception_and_item() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -31,7 +32,12 @@ from support import fast_settings, writer_over
 {% if cookiecutter.include_redis_jobs -%}
 from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Job, Jobs, RedisJobs
 {% endif -%}
-from {{ cookiecutter.__package_slug }}.tracing import Tracing, TracingError, exporter_names
+from {{ cookiecutter.__package_slug }}.tracing import (
+    Tracing,
+    TracingError,
+    exporter_names,
+    exporters_from_env,
+)
 from {{ cookiecutter.__package_slug }}.worker import Permanent, Worker
 
 
@@ -322,3 +328,10 @@ async def test_redis_jobs_are_parented_to_the_submitters_span_on_every_run(
     second_runs = [span for span in spans if span["attributes"]["worker.job.attempt"] == 2]
     assert len(second_runs) == len(again)
 {%- endif %}
+
+
+def test_the_console_exporter_writes_to_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    # stdout carries a drain's JSON summary: spans printed there would break it
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    [exporter] = exporters_from_env()
+    assert exporter.out is sys.stderr  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import enum
 import heapq
+import inspect
 import itertools
 import logging
 import math
@@ -719,9 +720,9 @@ class BoundedQueue(Generic[T]):
         """
         if self._status is not _PROCESSING:
             self._refuse("start_workers", "call start() or use 'async with' first")
-        if not callable(worker_func):
+        if not _async_callable(worker_func):
             raise TypeError(f"worker_func must be an async callable, got {worker_func!r}")
-        if error_handler is not None and not callable(error_handler):
+        if error_handler is not None and not _async_callable(error_handler):
             raise TypeError(f"error_handler must be an async callable, got {error_handler!r}")
         limit = self._concurrency_limit
         if num_workers is None:
@@ -731,8 +732,8 @@ class BoundedQueue(Generic[T]):
         total = len(self._workers) + count
         if limit is not None and (total > limit or count == 0):
             raise ValueError(
-                f"num_workers={count} would make {total} workers,"
-                f" concurrency_limit={limit} allows at most {limit}"
+                f"{len(self._workers)} workers run and concurrency_limit={limit}: "
+                + (f"num_workers={count} would make {total}" if count else "no room for one more")
             )
         loop = asyncio.get_running_loop()
         for _ in range(count):
@@ -1025,3 +1026,10 @@ class WorkQueue(BoundedQueue[T]):
             await self._shutdown(0.0, raise_fatal=False)
             raise
         await self.stop()
+
+
+def _async_callable(func: object) -> bool:
+    """False for what is not callable, or is a plain (not async) function or method."""
+    if not callable(func):
+        return False
+    return not inspect.isroutine(func) or inspect.iscoroutinefunction(func)

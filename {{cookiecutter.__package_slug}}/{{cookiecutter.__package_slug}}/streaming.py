@@ -199,7 +199,7 @@ class QueueIO(io.RawIOBase):
 
     @property
     def memory_limit(self) -> int | None:
-        """The most bytes ever buffered at once, or ``None`` when unbounded."""
+        """The most bytes the pipe may buffer at once, or ``None`` when unbounded."""
         return self._memory_limit
 
     @property

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -82,7 +83,7 @@ def exporters_from_env() -> list[SpanExporter]:
     """New exporters for `exporter_names()`: OTLP reads its OTEL_EXPORTER_OTLP_* variables."""
     made: dict[str, Callable[[], SpanExporter]] = {
         "otlp": OTLPSpanExporter,
-        "console": ConsoleSpanExporter,
+        "console": lambda: ConsoleSpanExporter(out=sys.stderr),  # stdout is the summary's
     }
     return [made[name]() for name in exporter_names()]
 
