@@ -17,11 +17,43 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 {%- endif %}
 
-from pydantic import Field{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, SecretStr{% endif %}, ValidationError{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}, field_validator{% endif %}{% if cookiecutter.include_redis_jobs %}, model_validator{% endif %}
+from pydantic import (
+    Field,
+{%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
+    SecretStr,
+{%- endif %}
+    ValidationError,
+{%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
+    ValidationInfo,
+    field_validator,
+{%- endif %}
+{%- if cookiecutter.include_redis_jobs %}
+    model_validator,
+{%- endif %}
+)
 from pydantic_settings import SettingsConfigDict
 from quasiqueue import Settings as QuasiQueueSettings
 
 ENV_PREFIX = "{{ cookiecutter.__env_prefix }}"
+{%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
+# The server URLs checked: field -> (schemes, the forms to use, where its password goes).
+_SERVER_URLS = {
+{%- if cookiecutter.include_aiocache %}
+    "cache_url": (
+        ("memory", "redis", "memcached"),
+        "memory://, redis://host:port/db or memcached://host:port",
+        "CACHE_PASSWORD",
+    ),
+{%- endif %}
+{%- if cookiecutter.include_redis_jobs %}
+    "jobs_redis_url": (
+        ("redis", "rediss", "unix"),
+        "redis://host:port/db, rediss://host:port/db or unix:///path",
+        "JOBS_PASSWORD",
+    ),
+{%- endif %}
+}
+{%- endif %}
 
 
 class Settings(QuasiQueueSettings):
@@ -79,13 +111,6 @@ class Settings(QuasiQueueSettings):
     )
     cache_ttl: int = Field(default=3600, ge=0)
     cache_enabled: bool = True
-
-    @field_validator("cache_url")
-    @classmethod
-    def _cache_url(cls, url: str) -> str:
-        examples = "memory://, redis://host:port/db or memcached://host:port"
-        _check_url("CACHE_URL", url, ("memory", "redis", "memcached"), examples, "CACHE_PASSWORD")
-        return url
 {%- endif %}
 {%- if cookiecutter.include_spool %}
 
@@ -113,13 +138,18 @@ class Settings(QuasiQueueSettings):
     jobs_dead_maxlen: int = Field(default=100_000, ge=1)
     # Seconds a submit key is remembered: the same key is not added again within this time.
     jobs_key_ttl: int = Field(default=86_400, ge=1)
+{%- endif %}
+{%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
 
-    @field_validator("jobs_redis_url")
+    @field_validator(*_SERVER_URLS)
     @classmethod
-    def _jobs_redis_url(cls, url: str) -> str:
-        examples = "redis://host:port/db, rediss://host:port/db or unix:///path"
-        _check_url("JOBS_REDIS_URL", url, ("redis", "rediss", "unix"), examples, "JOBS_PASSWORD")
+    def _server_url(cls, url: str, info: ValidationInfo) -> str:
+        field = str(info.field_name)
+        schemes, examples, secret_setting = _SERVER_URLS[field]
+        _check_url(field.upper(), url, schemes, examples, secret_setting)
         return url
+{%- endif %}
+{%- if cookiecutter.include_redis_jobs %}
 
     @model_validator(mode="after")
     def _stream_outside_the_cache(self) -> Settings:

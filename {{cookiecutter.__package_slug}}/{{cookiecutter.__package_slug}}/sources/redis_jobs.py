@@ -34,8 +34,8 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, partial
@@ -1250,6 +1250,18 @@ class RedisJobs(Source):
         settings = self.settings
         at_redis = f"Redis at {settings.jobs_redis_url} (JOBS_REDIS_URL)"
 
+        @contextmanager
+        def one_line_errors() -> Iterator[None]:
+            """A refusal or an unreachable Redis ends the command with one line, exit 2."""
+            try:
+                yield
+            except JobsError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            except redis.RedisError as exc:
+                typer.echo(f"error: {at_redis}: {exc}", err=True)
+                raise typer.Exit(2) from None
+
         def submit(
             payloads: list[str] = typer.Argument(..., help="JSON payloads; '-' reads JSON lines."),  # noqa: B008
             key: str | None = typer.Option(None, help="Skip the job if this key was submitted."),
@@ -1278,15 +1290,8 @@ class RedisJobs(Source):
                     f"error: --key {key!r} needs exactly one payload, got {len(values)}", err=True
                 )
                 raise typer.Exit(2)
-            try:
-                with Jobs(settings) as jobs:
-                    ids = jobs.submit_many(values, [key] * len(values), delay=delay)
-            except JobsError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(2) from None
-            except redis.RedisError as exc:
-                typer.echo(f"error: {at_redis}: {exc}", err=True)
-                raise typer.Exit(2) from None
+            with one_line_errors(), Jobs(settings) as jobs:
+                ids = jobs.submit_many(values, [key] * len(values), delay=delay)
             for job_id in ids:
                 typer.echo(
                     job_id if job_id is not None else f"key {key!r} already submitted: skipped"
@@ -1294,15 +1299,8 @@ class RedisJobs(Source):
 
         def stats() -> None:
             """Print the number of waiting, pending, dead and scheduled jobs as JSON."""
-            try:
-                with Jobs(settings) as jobs:
-                    counts = jobs.stats()
-            except JobsError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(2) from None
-            except redis.RedisError as exc:
-                typer.echo(f"error: {at_redis}: {exc}", err=True)
-                raise typer.Exit(2) from None
+            with one_line_errors(), Jobs(settings) as jobs:
+                counts = jobs.stats()
             typer.echo(json.dumps(counts.__dict__))
 
         where = f"the stream {dead_name(self.stream)} in {at_redis}"

@@ -113,8 +113,8 @@ def _choose(ids: list[str] | None, everything: bool, verb: str, options: str) ->
 
 def _missing(chosen: list[str] | None, done: int) -> None:
     """Exit 1, saying so, if fewer of the ids `chosen` were acted on than given."""
-    if chosen is not None and done < len(set(chosen)):
-        missing = len(set(chosen)) - done
+    missing = 0 if chosen is None else len(set(chosen)) - done
+    if missing > 0:
         text = f"error: {missing} of the ids given are not dead letters (`dead list`)"
         typer.echo(text, err=True)
         raise typer.Exit(1)

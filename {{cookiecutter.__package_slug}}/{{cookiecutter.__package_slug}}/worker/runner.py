@@ -10,7 +10,7 @@ from typing import Any
 from ..settings import Settings
 from .calls import check_context, check_reader
 from .child import READ_AHEAD, ReaderPlan
-from .errors import SignatureError, WorkerError
+from .errors import SignatureError
 from .instrument import Instrument
 from .metrics import Metrics, create_metrics
 from .source import Source
@@ -95,13 +95,6 @@ class Worker:
         settings = self.settings
         source = self.source
         concurrency = settings.concurrent_tasks_per_process if is_async else 1
-        read_ahead = READ_AHEAD * concurrency * settings.num_processes
-        if source.durable and 0 < settings.max_unstarted <= read_ahead:
-            raise WorkerError(
-                f"MAX_UNSTARTED={settings.max_unstarted} is not above what the worker processes"
-                f" read ahead ({settings.num_processes} x {READ_AHEAD} per reader slot x"
-                f" {concurrency} slot(s) = {read_ahead}): set it above {read_ahead}, or 0"
-            )
         plan = ReaderPlan(
             reader=self.reader,
             reader_takes=self._reader_takes,

@@ -107,8 +107,15 @@ class Supervisor:
         self.read_ahead = READ_AHEAD * plan.concurrency  # items a process may hold not read yet
         if source.durable:  # leases: hold few unstarted items, so other instances get work
             in_processes = self.read_ahead * self.num_processes  # unstarted, held there
+            if 0 < settings.max_unstarted <= in_processes:
+                raise WorkerError(
+                    f"MAX_UNSTARTED={settings.max_unstarted} is not above what the worker"
+                    f" processes read ahead ({self.num_processes} x {READ_AHEAD} per reader slot"
+                    f" x {plan.concurrency} slot(s) = {in_processes}): set it above"
+                    f" {in_processes}, or 0"
+                )
             limit = settings.max_unstarted or in_processes + self.block_size
-            self.max_queue_size: int = max(1, limit - in_processes)
+            self.max_queue_size: int = limit - in_processes
             self.refill_at = self.max_queue_size // 2
         else:
             self.max_queue_size = settings.max_queue_size
