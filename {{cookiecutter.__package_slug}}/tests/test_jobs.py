@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture
 def stream() -> str:
     return new_stream()
+
+
+# ---- clients ---------------------------------------------------------------------------------
+def test_both_clients_are_built_without_a_warning() -> None:
+    """redis-py 8.2 warns when an asyncio client gets a sync `Retry`: each gets its own kind."""
+    settings = settings_for(free_port(), new_stream())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sync_client = jobs_module.connect(settings)
+        async_client = jobs_module.connect_async(settings)
+    sync_client.close()
+    asyncio.run(async_client.aclose())
 
 
 # ---- submitting -------------------------------------------------------------------------------

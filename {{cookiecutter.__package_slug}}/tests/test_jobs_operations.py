@@ -199,7 +199,8 @@ def test_delayed_jobs_start_when_due_once_over_two_instances(
     lateness = []
     for row in runs:
         earliest, latest = due[row[1]]
-        assert float(row[5]) >= earliest, f"job {row[1]} started before it was due"
+        # Redis keeps due times in whole milliseconds (its clock's and the delay's, each cut).
+        assert float(row[5]) >= earliest - 0.002, f"job {row[1]} started before it was due"
         lateness.append(float(row[5]) - latest)
     assert max(lateness) < 0.25, sorted(lateness)[-5:]
     assert stats == JobStats(stream, 0, 0, 0, 0)

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, cast
 import redis
 import redis.asyncio as aioredis
 import typer
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -186,19 +187,22 @@ def _connection_options(settings: Settings) -> dict[str, Any]:
         "decode_responses": True,
         "socket_connect_timeout": 2.0,
         "socket_timeout": SOCKET_TIMEOUT,
-        # No silent resends: a resent script could run twice. Callers retry where it is safe.
-        "retry": Retry(NoBackoff(), 0),
     }
 
 
+# No silent resends: a resent script could run twice. Callers retry where it is safe. Each
+# client gets the `Retry` of its own kind (redis-py 8.2 warns about a sync one on asyncio).
 def connect(settings: Settings) -> redis.Redis:
     """A blocking Redis client for the jobs stream (for submitters)."""
-    return redis.Redis.from_url(settings.jobs_redis_url, **_connection_options(settings))
+    options = _connection_options(settings)
+    return redis.Redis.from_url(settings.jobs_redis_url, retry=Retry(NoBackoff(), 0), **options)
 
 
 def connect_async(settings: Settings) -> aioredis.Redis:
     """An asyncio Redis client for the jobs stream; open it in the process that uses it."""
-    return aioredis.Redis.from_url(settings.jobs_redis_url, **_connection_options(settings))
+    options = _connection_options(settings)
+    retry = AsyncRetry(NoBackoff(), 0)
+    return aioredis.Redis.from_url(settings.jobs_redis_url, retry=retry, **options)
 
 
 def _encode(payload: Any) -> str:
