@@ -19,9 +19,17 @@ FEATURES = tuple(
 )
 
 
+MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")  # of `make test`
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without variables a rendered project would read as settings."""
-    env = {key: value for key, value in os.environ.items() if not key.endswith("_LOG_LEVEL")}
+    """The environment without variables a rendered project would read as settings, nor those
+    of the `make` running these tests: each command runs as from a user's shell."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.endswith("_LOG_LEVEL") and key not in MAKE_VARIABLES
+    }
     env.update(extra)
     return env
 
@@ -67,3 +75,22 @@ def workflow_problems(workflows: dict[str, Any], targets: set[str]) -> list[str]
                     if target not in targets:
                         problems.append(f"{name}: {job_name}: no make target {target}")
     return problems
+
+
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)\s*(?:;\s*([^#]+?))?\s*(?:#.*)?$")
+
+
+def pinned_versions(path: Path, python: str | None = None) -> dict[str, str]:
+    """The pins of a constraints file whose markers hold for `python` ("3.13"; default: this
+    one): version by lower-case name."""
+    from packaging.markers import Marker, default_environment
+
+    environment: dict[str, str] = dict(default_environment())
+    if python is not None:
+        environment.update(python_version=python, python_full_version=f"{python}.0")
+    pins = {}
+    for line in path.read_text().splitlines():
+        match = PIN.match(line)
+        if match and (not match.group(3) or Marker(match.group(3)).evaluate(environment)):
+            pins[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return pins

@@ -6,10 +6,14 @@ user's edit are both kept, and the skipped file is left alone. A project made wi
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import shutil
+import time
 from pathlib import Path
 
-from conftest import BIN, TEMPLATE, run
+from conftest import BIN, TEMPLATE, clean_env, run
 
 IGNORED = shutil.ignore_patterns(".git", ".venv", "build", "__pycache__", ".*_cache")
 
@@ -125,3 +129,67 @@ def test_a_plain_cookiecutter_project_is_linked_with_cruft_link(tmp_path: Path) 
     assert checked.returncode == 0, checked.stdout + checked.stderr
     differences = run([str(BIN / "cruft"), "diff", "--exit-code"], cwd=project)
     assert differences.returncode == 0, differences.stdout  # the render is the template's
+
+
+def answer_in_a_terminal(
+    command: list[str], cwd: Path, answers: list[str], timeout: float = 120
+) -> tuple[int, str]:
+    """Run `command` in a pseudo-terminal, typing each answer when the next question appears;
+    return its exit status and everything it wrote."""
+    env = clean_env(GIT_PAGER="cat", PAGER="cat", TERM="dumb", COLUMNS="120")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: run the command with the terminal as stdin/stdout/stderr
+        os.chdir(cwd)
+        os.execvpe(command[0], command, env)
+    output = b""
+    pending = list(answers)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, (
+                f"no exit within {timeout}s; output:\n{output.decode(errors='replace')}"
+            )
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            if pending and output.rstrip().endswith(b":") and b"Apply diff" in output[-200:]:
+                os.write(fd, pending.pop(0).encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_interactive_cruft_update_asks_shows_and_applies(tmp_path: Path) -> None:
+    """`cruft update` as a person runs it: at its question, `v` shows the changes, then `y`
+    applies them (typer 0.26 and newer made cruft 2.16 crash there)."""
+    template = template_repository(tmp_path)
+    out = tmp_path / "out"
+    created = run(
+        [str(BIN / "cruft"), "create", "--no-input", "--output-dir", str(out), str(template)],
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    project = out / "my_worker"
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "created")
+    readme = template / "{{cookiecutter.__package_slug}}" / "README.md"
+    readme.write_text(readme.read_text() + "\nA line from the template's next version.\n")
+    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+
+    status, output = answer_in_a_terminal([str(BIN / "cruft"), "update"], project, ["v", "y"])
+
+    assert status == 0, output
+    assert "Traceback" not in output, output
+    assert output.count("Apply diff and update?") == 2, output  # asked again after `v`
+    assert "+A line from the template's next version." in output  # `v` showed the change
+    assert "A line from the template's next version." in (project / "README.md").read_text()

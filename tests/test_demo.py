@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 from conftest import TEMPLATE, run
+from test_python_versions import interpreter
+
+BASE = sys._base_executable  # this Python outside the template's venv
+BASE_DIR = str(Path(BASE).parent)
 
 
 def test_make_demo(tmp_path: Path) -> None:
@@ -37,12 +41,50 @@ def test_rendered_readme_commands(cookies: Any) -> None:
     assert sorted(path.suffix for path in (project / "dist").iterdir()) == [".gz", ".whl"]
 
 
-def test_make_install_names_the_python_it_needs(cookies: Any) -> None:
+def path_with(tmp_path: Path, **pythons: str) -> str:
+    """A PATH whose python3, python3.X are the given interpreters (and the system's tools)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, target in pythons.items():
+        (folder / name.replace("_", ".")).symlink_to(target)
+    return f"{folder}:/usr/local/bin:/usr/bin:/bin"
+
+
+def test_make_install_names_the_python_it_needs(cookies: Any, tmp_path: Path) -> None:
     if sys.version_info >= (3, 14):
         pytest.skip("this Python is new enough for every python_version")
     project = Path(cookies.bake(extra_context={"python_version": "3.14"}).project_path)
-    result = run(["make", "install", f"PYTHON={sys.executable}"], cwd=project, timeout=60)
+    result = run(
+        ["make", "install"], cwd=project, timeout=60, PATH=path_with(tmp_path, python3=BASE)
+    )
 
     assert result.returncode != 0
-    assert "this project needs 3.14+: make install PYTHON=python3.14" in result.stderr
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert (
+        f"error: this project needs Python 3.14+, found: python3 ({running}) "
+        "(looked for python3 python3.14): make install PYTHON=/path/to/python3.14, "
+        f"or render the project with python_version {running}"
+    ) in result.stderr, result.stderr
     assert not (project / ".venv").exists()
+
+
+def test_make_install_finds_python3_x_and_then_keeps_the_venvs(
+    cookies: Any, tmp_path: Path
+) -> None:
+    """python3 too old: `make install` makes .venv with python3.13 from PATH; after a change to
+    pyproject.toml it reinstalls with .venv's Python, without looking for one again."""
+    newer = interpreter("3.13")
+    project = Path(cookies.bake(extra_context={"python_version": "3.13"}).project_path)
+    found = path_with(tmp_path, python3=BASE, python3_13=newer)
+    made = run(["make", "venv"], cwd=project, timeout=120, PATH=found)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("python3.13 -m venv .venv   # Python 3.13")
+    version = run([str(project / ".venv" / "bin" / "python"), "--version"], cwd=project)
+    assert version.stdout.startswith("Python 3.13")
+
+    (project / "pyproject.toml").touch()
+    only_python3 = f"{BASE_DIR}:/usr/local/bin:/usr/bin:/bin"
+    again = run(["make", "install", "PIP_FLAGS=--dry-run"], project, timeout=600, PATH=only_python3)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert ".venv/bin/python -m pip install" in again.stdout
+    assert "needs Python" not in again.stderr

@@ -3,7 +3,8 @@
 default Python in the render matrix).
 
 The Python running these tests is used as it is; each other interpreter gets its own virtual
-environment under build/venvs/, reused while requirements-dev.txt is unchanged, and those of
+environment under build/venvs/ (installed with constraints.txt), reused while
+requirements-dev.txt and constraints.txt are unchanged, and those of
 Pythons no longer tested are removed. Under CI=true a missing interpreter fails the run;
 elsewhere it is skipped.
 """
@@ -42,21 +43,22 @@ def interpreter(version: str) -> str:
 
 def environment(version: str) -> Path:
     """This Python if it is `version`; else a venv for `version` with requirements-dev.txt
-    installed, made once per change of it."""
+    installed at the tested versions, made once per change of either file."""
     for stale in VENVS.glob("py*"):  # venvs of Pythons no longer tested: 350 MB each
         if stale.name.removeprefix("py") not in VERSIONS:
             shutil.rmtree(stale, ignore_errors=True)
     if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
         return Path(sys.executable)
-    requirements = TEMPLATE / "requirements-dev.txt"
-    stamp = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    requirements, constraints = TEMPLATE / "requirements-dev.txt", TEMPLATE / "constraints.txt"
+    digest = hashlib.sha256(requirements.read_bytes() + constraints.read_bytes())
     venv = VENVS / f"py{version}"
-    marker = venv / f".installed-{stamp}"
+    marker = venv / f".installed-{digest.hexdigest()[:12]}"
     if not marker.exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([interpreter(version), "-m", "venv", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-        subprocess.run([*pip, "-r", str(requirements)], check=True, timeout=900)
+        tested = ["--constraint", str(constraints)]  # the versions tested together
+        subprocess.run([*pip, *tested, "-r", str(requirements)], check=True, timeout=900)
         marker.touch()
     return venv / "bin" / "python"
 

@@ -5,6 +5,7 @@ rendered project's own test suite passes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -14,7 +15,15 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, FEATURES, TEMPLATE, make_targets, run, workflow_problems
+from conftest import (
+    BIN,
+    FEATURES,
+    TEMPLATE,
+    make_targets,
+    pinned_versions,
+    run,
+    workflow_problems,
+)
 
 ALL_ON = dict.fromkeys(FEATURES, True)
 ALL_OFF = dict.fromkeys(FEATURES, False)
@@ -171,15 +180,46 @@ def test_mypy_strict(baked: tuple[dict[str, Any], Path], tmp_path_factory: Any) 
 # The name- and text-only combinations have the defaults' features: the checks above cover
 # what differs in them (names, text), so their test suites are not run again.
 SUITES = [name for name in COMBOS if name not in ("longest-name", "odd-text")]
+# These run in a venv of their own, made by the render's `make install` with the constraints it
+# ships (the others use this one, made with the template's, the same versions), rendered for
+# the Python running the tests (the matrix checks their own python_version above). The canary
+# (`make canary`, CANARY=1) installs them without the constraints: the newest releases.
+OWN_VENV = ("redis-jobs", "all-on")
+RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"
+CANARY = os.environ.get("CANARY") == "1"
+
+
+def frozen(python: Path) -> dict[str, str]:
+    """`pip freeze` of an environment: version by lower-case name (local projects left out)."""
+    result = run([str(python), "-m", "pip", "freeze", "--exclude-editable"], cwd=python.parent)
+    assert result.returncode == 0, result.stderr
+    return {
+        name.lower().replace("_", "-"): version
+        for name, _, version in (line.partition("==") for line in result.stdout.splitlines())
+        if version
+    }
 
 
 @pytest.mark.parametrize("baked", SUITES, indirect=True)
 def test_rendered_test_suite_passes(
-    baked: tuple[dict[str, Any], Path], request: pytest.FixtureRequest
+    baked: tuple[dict[str, Any], Path], request: pytest.FixtureRequest, cookies: Any
 ) -> None:
-    _, project = baked
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
-    if request.node.callspec.id != "all-on":  # the slow tests need every feature: run once
+    answers, project = baked
+    combo = request.node.callspec.id
+    python = Path(sys.executable)
+    if combo in OWN_VENV:
+        result = cookies.bake(extra_context={**answers, "python_version": RUNNING})
+        project = Path(result.project_path)
+        options = ["CONSTRAINTS="] if CANARY else []
+        installed = run(["make", "install", f"PYTHON={sys.executable}", *options], project)
+        assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+        python = project / ".venv" / "bin" / "python"
+        if not CANARY:  # every release installed is the one the constraints pin
+            pins = pinned_versions(project / "constraints.txt")
+            versions = frozen(python)
+            assert {name: pins.get(name) for name in versions} == versions
+    command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
+    if combo != "all-on":  # the slow tests need every feature: run once
         command += ["-m", "not slow"]
     result = run(command, cwd=project)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
@@ -285,10 +325,15 @@ def test_workflow_and_hook_structure(baked: tuple[dict[str, Any], Path]) -> None
         path.name: yaml.safe_load(path.read_text())
         for path in (project / ".github" / "workflows").glob("*.yml")
     }
-    assert set(workflows) == {"ci.yml", "release.yml"}
+    assert set(workflows) == {"ci.yml", "release.yml", "canary.yml"}
     assert workflow_problems(workflows, make_targets(project / "Makefile")) == []
     tested = workflows["ci.yml"]["jobs"]["test"]["strategy"]["matrix"]["python-version"]
     assert tested == VERSIONS[VERSIONS.index(oldest) :]
+    canary = workflows["canary.yml"]
+    assert set(canary[True]) == {"schedule", "workflow_dispatch"}  # YAML 1.1: `on` is True
+    newest = canary["jobs"]["newest"]
+    assert newest["strategy"]["matrix"]["python-version"] == sorted({tested[0], tested[-1]})
+    assert newest["steps"][-1]["run"] == "make canary PYTHON=python"
 
     hooks = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
     dev = tomllib.loads((project / "pyproject.toml").read_text())["project"]

@@ -34,22 +34,14 @@ def main() -> int:
 
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
-    # The defaults, but supporting the Python running the demo when it is older than the
-    # default minimum (the demo installs the project with this Python).
-    config = json.loads((TEMPLATE / "cookiecutter.json").read_text())
-    running = f"{sys.version_info.major}.{sys.version_info.minor}"
-    versions = config["python_version"]
-    older = [int(part) for part in running.split(".")] < [int(p) for p in versions[0].split(".")]
-    answers = {"python_version": running} if running in versions and older else {}
-    project = Path(
-        cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output), extra_context=answers)
-    )
+    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output)))
     print(f"rendered   {project}")
 
     environment = project / ".venv"
     venv.create(environment, with_pip=True)
     python = environment / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "--quiet", str(project)], check=True)
+    tested = ["--constraint", str(project / "constraints.txt")]  # the versions tested together
+    subprocess.run([python, "-m", "pip", "install", "--quiet", *tested, str(project)], check=True)
     print(f"installed  {project.name} into {environment}")
 
     package = project.name
