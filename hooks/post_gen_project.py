@@ -46,6 +46,7 @@ FEATURE_FILES = {
         "{slug}/sources/redis_jobs.py",
         "tests/test_jobs.py",
         "tests/test_jobs_operations.py",
+        "tests/test_jobs_foreign.py",
         "tests/jobs_instance.py",
         "tests/jobs_support.py",
         "tests/servers.py",

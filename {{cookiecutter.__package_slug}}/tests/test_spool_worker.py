@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import Journal, fast_settings, kill_session
 
 from {{ cookiecutter.__package_slug }}.sources.spool import SpoolItem, SpoolSource
@@ -74,6 +75,36 @@ async def test_a_failed_record_redelivers_its_batch(tmp_path: Path, journal: Jou
     assert ["k-013", "1"] in journal.rows()  # delivered again, as attempt 1
     assert (summary.failed, summary.succeeded) == (1, 409)
     assert spool_is_empty(tmp_path / "spool")
+
+
+async def test_a_corrupt_record_costs_only_itself_and_is_counted_and_logged(
+    tmp_path: Path, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record whose bytes no longer match its checksum (a disk error, a foreign writer):
+    its batch-mates run once; it is set aside in corrupt/, logged, and `stats` counts it."""
+    root = tmp_path / "spool"
+    with Producer(root, max_records=3) as producer:
+        for key in ("ok1", "bad", "ok2"):
+            producer.put(f"record {key}", key=key)
+    [batch] = (root / "ready").iterdir()
+    data = batch.read_bytes()
+    at = data.index(b"record bad")
+    batch.write_bytes(data[:at] + b"RECORD" + data[at + 6 :])  # its crc no longer matches
+
+    async def reader(item: SpoolItem) -> None:
+        journal.add(item.key, item.attempt)
+
+    source = SpoolSource(fast_settings(spool_root=str(root)))
+    summary = await Worker("t", reader, settings=fast_settings(), source=source).drain()
+
+    assert sorted(journal.rows()) == [["ok1", "0"], ["ok2", "0"]]  # once, no failure before
+    assert (summary.succeeded, summary.failed) == (2, 0)
+    [set_aside] = (root / "corrupt").iterdir()
+    assert b"RECORD bad" in set_aside.read_bytes()
+    assert (await source.gauges())["corrupt"] == 1
+    warnings = [r.getMessage() for r in caplog.records if "set aside in corrupt/" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"spool batch {batch.name.partition('.')[0]}: ")
 
 
 SERVE = """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import secrets
@@ -65,6 +66,8 @@ _MAX_PENDING = 4  # full batches a producer may hold while they are being publis
 # Names in ready/, claimed/ and dead/: "<publish time ns, 20 digits>-<producer token>.<failures>".
 _NAME = re.compile(r"^(\d{20}-[0-9a-f]{16})\.(\d+)$")
 _FOLDERS = ("tmp", "ready", "claimed", "dead", "corrupt")
+
+logger = logging.getLogger(__name__)
 
 
 class SpoolError(Exception):
@@ -993,6 +996,15 @@ class Consumer:
             part = f"{batch_id}@{start}.bad"
             if not os.path.exists(os.path.join(layout.corrupt, part)):
                 _write_file(layout.corrupt, part, buf[start:end], self._fsync)
+                logger.warning(
+                    "spool batch %s: %d byte(s) at offset %d are not an intact record (torn, "
+                    "corrupt or not the text they claim): set aside in corrupt/%s; the batch's "
+                    "other records are delivered",
+                    batch_id,
+                    end - start,
+                    start,
+                    part,
+                )
         if bad and self._fsync:
             _fsync_dir(layout.corrupt)
         if not records:

@@ -22,6 +22,7 @@ reader ran twice.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import importlib
 import json
@@ -52,7 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..settings import Settings
-from ..worker import Outcome, Source, SourceUnavailable
+from ..worker import Outcome, Permanent, Source, SourceUnavailable
 from ..worker.dead_letters import DeadLetter, dead_letter_commands
 from ..worker.remote import Outage
 from ..worker.retry import backoff
@@ -68,6 +69,12 @@ BLOCK_MAX = SOCKET_TIMEOUT / 2  # the longest blocking read: well within the soc
 ENTRY_ID = re.compile(r"\d+-\d+")
 _QUOTE_HINT = "; a string is quoted in JSON: '\"%s\"'"
 STOPPED = "the worker holding it stopped without an outcome"  # a dead letter's error
+GONE = (
+    "its stream entry is gone: deleted, or lost when Redis restarted without persistence "
+    "(docs/scaling.md)"
+)
+SHOWN = 1000  # characters of a dead letter's payload that `dead list` shows
+ACKED = {"1": "acked", "0": "not held", "2": "gone"}  # the codes of the `_ACK` script
 
 
 class JobsError(Exception):
@@ -80,6 +87,11 @@ class JobLost(JobsError):
 
 class JobFailed(JobsError):
     """The job failed: it was put back for another attempt or moved to the dead letters."""
+
+
+class MalformedJob(JobsError, Permanent):
+    """A stream entry that is not a job as this module writes them (its payload is not JSON,
+    not UTF-8 text, or missing): it fails at once and goes to the dead letters as it was."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +124,8 @@ class Delivery(NamedTuple):
     payload: str  # JSON text, decoded in the worker process
     attempt: int  # the attempt this run is; 0 for a job moved to the dead letters when fetched
     deliveries: int  # Redis' delivery count when handed out: settle and renew check it
-    traceparent: str = ""  # the submitter's trace context (W3C), or ""
+    traceparent: str  # the submitter's trace context (W3C), or ""
+    problem: str  # why the entry is not a job (it then fails for good), or ""
 
 
 @dataclass(frozen=True)
@@ -179,12 +192,12 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _connection_options(settings: Settings) -> dict[str, Any]:
+def _connection_options(settings: Settings, decode: bool) -> dict[str, Any]:
     """What every client of the stream connects with (`Settings` checked the URL)."""
     password = settings.jobs_password.get_secret_value() if settings.jobs_password else None
     return {
         "password": password,
-        "decode_responses": True,
+        "decode_responses": decode,
         "socket_connect_timeout": 2.0,
         "socket_timeout": SOCKET_TIMEOUT,
     }
@@ -192,23 +205,95 @@ def _connection_options(settings: Settings) -> dict[str, Any]:
 
 # No silent resends: a resent script could run twice. Callers retry where it is safe. Each
 # client gets the `Retry` of its own kind (redis-py 8.2 warns about a sync one on asyncio).
-def connect(settings: Settings) -> redis.Redis:
+# Entries are read with `decode=False`: any program can XADD, and a field that is not UTF-8
+# is that entry's problem, never the whole reply's.
+def connect(settings: Settings, *, decode: bool = True) -> redis.Redis:
     """A blocking Redis client for the jobs stream (for submitters)."""
-    options = _connection_options(settings)
+    options = _connection_options(settings, decode)
     return redis.Redis.from_url(settings.jobs_redis_url, retry=Retry(NoBackoff(), 0), **options)
 
 
-def connect_async(settings: Settings) -> aioredis.Redis:
+def connect_async(settings: Settings, *, decode: bool = True) -> aioredis.Redis:
     """An asyncio Redis client for the jobs stream; open it in the process that uses it."""
-    options = _connection_options(settings)
+    options = _connection_options(settings, decode)
     retry = AsyncRetry(NoBackoff(), 0)
     return aioredis.Redis.from_url(settings.jobs_redis_url, retry=retry, **options)
+
+
+def _text(raw: bytes) -> str:
+    """Bytes from Redis as text: UTF-8, with any other byte kept as a lone surrogate
+    (`surrogateescape`), so that `_is_text` can tell and the bytes can be had back."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _is_text(value: str) -> bool:
+    """True unless `value` (from `_text`) holds bytes that are not UTF-8."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _delivery(
+    entry: str,
+    job: str,
+    key: str,
+    payload: str,
+    attempt: int,
+    deliveries: int,
+    traceparent: str,
+    problem: str,
+) -> tuple[Any, ...]:
+    """One fetched entry as a plain `Delivery` tuple. An entry whose fields are not UTF-8 text
+    comes with its problem instead (its worker process fails it for good; Redis keeps the
+    bytes for the dead letter), and never with the bytes themselves."""
+    if not problem:
+        if not _is_text(payload):
+            size = len(payload.encode("utf-8", "surrogateescape"))
+            problem = f"its payload is not UTF-8 text ({size} bytes)"
+        else:
+            fields = {"job": job, "key": key, "traceparent": traceparent}
+            odd = [name for name, value in fields.items() if not _is_text(value)]
+            if odd:
+                problem = f"its field {odd[0]!r} is not UTF-8 text"
+    if problem:
+        return (entry, entry, "", "", attempt, deliveries, "", problem)
+    return (entry, job, key, payload, attempt, deliveries, traceparent, "")
+
+
+def _attempt(value: str | None) -> int:
+    """An entry's attempt field as a whole number from 1 (missing or foreign: 1)."""
+    try:
+        return max(1, int(value or 1))
+    except ValueError:
+        return 1
+
+
+def _number(raw: bytes) -> int:
+    """A whole number Redis holds as bytes (0 when it is not one)."""
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
+
+
+def _shown(raw: bytes) -> str:
+    """A dead letter's payload for `dead list`: its text, or `base64:` and its bytes when it is
+    not UTF-8, cut to SHOWN characters."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        text = "base64:" + base64.b64encode(raw).decode()
+    if len(text) > SHOWN:
+        text = f"{text[:SHOWN]}... ({len(raw)} bytes)"
+    return text
 
 
 def _encode(payload: Any) -> str:
     try:
         return json.dumps(payload, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise JobsError(
             f"payload {shorten(payload)} cannot be stored as JSON ({exc}); submit ids, strings, "
             "numbers, lists and dicts, and load the rest in the reader"
@@ -239,6 +324,8 @@ def _entry_time(entry: str) -> str:
 def _check_key(key: str | None) -> None:
     if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
         raise JobsError(f"key {key!r} must be a non-empty str of at most 200 characters")
+    if key is not None and not _is_text(key):
+        raise JobsError(f"key {key!r} cannot be stored: it is not valid Unicode text")
 
 
 # ---- Lua: each step is one atomic script, so no state is half-changed ------------------------
@@ -259,19 +346,32 @@ local function bury(d, maxlen, id, m, attempts, err, c)
   if m['traceparent'] then a[#a + 1] = 'traceparent'; a[#a + 1] = m['traceparent'] end
   redis.call('XADD', unpack(a))
 end
+-- An entry's attempt field as a whole number from 1 (a missing or foreign value counts as 1).
+local function attempt_of(m)
+  local a = tonumber(m['attempt'])
+  if not a or a ~= a or a < 1 or a == math.huge then return 1 end
+  return math.floor(a)
+end
 -- Move the scheduled jobs that are due (by Redis' clock) from the sorted set `z` into the
--- stream `s`; return the ms until the next one is due, or -1 if none is scheduled.
-local function move_due(s, z)
+-- stream `s`; return the ms until the next one is due, or -1 if none is scheduled. A member
+-- that is not a scheduled job (another program's) goes to the dead letters `d` as it is.
+local function move_due(s, z, d, maxlen)
   local now = redis.call('TIME')
   local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', ms, 'LIMIT', 0, 1000)) do
-    local j = cjson.decode(member)
-    local a = {s, '*', 'job', j['job'], 'payload', j['payload']}
-    if type(j['key']) == 'string' then a[#a + 1] = 'key'; a[#a + 1] = j['key'] end
-    if type(j['traceparent']) == 'string' then
-      a[#a + 1] = 'traceparent'; a[#a + 1] = j['traceparent']
+    local ok, j = pcall(cjson.decode, member)
+    if ok and type(j) == 'table' and type(j['job']) == 'string'
+        and type(j['payload']) == 'string' then
+      local a = {s, '*', 'job', j['job'], 'payload', j['payload']}
+      if type(j['key']) == 'string' then a[#a + 1] = 'key'; a[#a + 1] = j['key'] end
+      if type(j['traceparent']) == 'string' then
+        a[#a + 1] = 'traceparent'; a[#a + 1] = j['traceparent']
+      end
+      redis.call('XADD', unpack(a))
+    else
+      redis.call('XADD', d, 'MAXLEN', '~', maxlen, '*', 'job', 'scheduled', 'payload', member,
+                 'attempts', 0, 'error', 'not a scheduled job (written by another program?)')
     end
-    redis.call('XADD', unpack(a))
     redis.call('ZREM', z, member)
   end
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
@@ -281,9 +381,9 @@ end
 -- The attempt the next run of entry `id` (fields `m`) is: the one after the last run of it
 -- that started (the starts hash holds that run's attempt), else the entry's own.
 local function next_attempt(t, id, m)
-  local started = tonumber(redis.call('HGET', t, id) or '0')
+  local started = tonumber(redis.call('HGET', t, id) or '0') or 0
   if started > 0 then return started + 1 end
-  return tonumber(m['attempt'] or '1')
+  return attempt_of(m)
 end
 -- Put entry `id` back for its next attempt (the runs that started count), or bury it.
 local function back(s, d, t, maxlen, id, m, err, c, maxa)
@@ -319,12 +419,12 @@ local s, t, d, z, g, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
 local n, mode, cursor = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local maxa, maxlen = tonumber(ARGV[7]), ARGV[8]
 local out = {}
-local nextdue = move_due(s, z)
+local nextdue = move_due(s, z, d, maxlen)
 local function deliver(e, deliveries, fresh)
   local id = e[1]
   if not e[2] then redis.call('XACK', s, g, id); redis.call('HDEL', t, id); return end
   local m = fieldmap(e[2])
-  local attempt = tonumber(m['attempt'] or '1')
+  local attempt = attempt_of(m)
   if not fresh then attempt = next_attempt(t, id, m) end  -- runs of it may have started
   if attempt > maxa then
     bury(d, maxlen, id, m, attempt - 1, ARGV[9] .. ' (attempt ' .. (attempt - 1) .. ' of ' ..
@@ -333,8 +433,10 @@ local function deliver(e, deliveries, fresh)
     redis.call('HDEL', t, id)
     attempt = 0
   end
+  local problem = ''  -- the worker process fails such an entry for good (Python checks UTF-8)
+  if not m['payload'] then problem = 'the entry has no payload field' end
   out[#out + 1] = {id, m['job'] or id, m['key'] or '', m['payload'] or '', attempt, deliveries,
-                   m['traceparent'] or ''}
+                   m['traceparent'] or '', problem}
 end
 local function count(id)
   local p = redis.call('XPENDING', s, g, id, id, 1)[1]
@@ -375,22 +477,24 @@ return cjson.encode({cursor, out, nextdue})
 )
 
 # Acknowledgements of jobs that succeeded, many in one call. KEYS: stream, starts, acked.
-# ARGV: group, consumer, record acks (1|0), acked maxlen, and one string of space-separated
-# entry, deliveries, job id triples. Returns one flag per job: 1 (acknowledged now) or 0
-# (acknowledged before, by a consumer that claimed it).
+# ARGV: group, consumer, record acks (1|0), acked maxlen, then entry, deliveries, job id
+# triples. Returns one character per job: 1 (acknowledged now), 0 (not pending here: a
+# consumer that claimed it has it or acknowledged it) or 2 (the entry is gone from the stream:
+# deleted, or lost with a Redis restart without persistence).
 _ACK = """
 local s, t, a, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
-local words, ids, acked = {}, {}, {}
-for w in string.gmatch(ARGV[5], '%S+') do words[#words + 1] = w end
-for i = 1, #words, 3 do
-  local id = words[i]
+local ids, acked = {}, {}
+for i = 5, #ARGV, 3 do
+  local id = ARGV[i]
   ids[#ids + 1] = id
   if redis.call('XACK', s, g, id) == 1 then
     if ARGV[3] == '1' then
-      redis.call('XADD', a, 'MAXLEN', '~', ARGV[4], '*', 'job', words[i + 2], 'entry', id,
-                 'consumer', c, 'deliveries', words[i + 1])
+      redis.call('XADD', a, 'MAXLEN', '~', ARGV[4], '*', 'job', ARGV[i + 2], 'entry', id,
+                 'consumer', c, 'deliveries', ARGV[i + 1])
     end
     acked[#acked + 1] = '1'
+  elseif #redis.call('XRANGE', s, id, id) == 0 then
+    acked[#acked + 1] = '2'
   else
     acked[#acked + 1] = '0'
   end
@@ -401,15 +505,20 @@ return table.concat(acked)
 
 # KEYS: stream, dead, starts. ARGV: group, consumer, entry, deliveries, error, max attempts,
 # dead maxlen. Puts a job this consumer holds back for its next attempt (or buries it) and
-# acknowledges the old entry. Returns 0 (not held any more), 1 (put back) or 2 (buried).
+# acknowledges the old entry. Returns 0 (not held any more: claimed by another consumer),
+# 1 (put back), 2 (buried) or 3 (the entry is gone from the stream).
 _SETTLE = (
     _HELPERS
     + """
 local s, d, t, g, c, id = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3]
-if not holds(s, g, c, id, ARGV[4]) then return 0 end
 local e = redis.call('XRANGE', s, id, id)[1]
+if not holds(s, g, c, id, ARGV[4]) then
+  if e then return 0 end
+  redis.call('HDEL', t, id)
+  return 3
+end
 redis.call('XACK', s, g, id)
-if not e then redis.call('HDEL', t, id); return 0 end
+if not e then redis.call('HDEL', t, id); return 3 end
 return back(s, d, t, ARGV[7], id, fieldmap(e[2]), ARGV[5], c, tonumber(ARGV[6]))
 """
 )
@@ -440,7 +549,8 @@ return #held
 )
 
 # KEYS: stream. ARGV: group, consumer, then entry, deliveries pairs. Resets the idle time of
-# the jobs this consumer still holds; returns the entries it no longer holds.
+# the jobs this consumer still holds; returns those it no longer holds, each followed by 1
+# (claimed by another consumer) or 0 (the entry is gone from the stream).
 _RENEW = (
     _HELPERS
     + """
@@ -451,6 +561,7 @@ for i = 3, #ARGV, 2 do
     redis.call('XCLAIM', s, g, c, 0, ARGV[i], 'JUSTID')
   else
     lost[#lost + 1] = ARGV[i]
+    lost[#lost + 1] = #redis.call('XRANGE', s, ARGV[i], ARGV[i])
   end
 end
 return lost
@@ -527,6 +638,7 @@ class Jobs:
         self.dead = dead_name(self.stream)
         self.scheduled = scheduled_name(self.stream)
         self.client = connect(self.settings)
+        self._entries = connect(self.settings, decode=False)  # entries: any bytes (see _text)
         self._keyed = self.client.register_script(_SUBMIT_KEYED)
         self._schedule = self.client.register_script(_SCHEDULE)
         self._replay = self.client.register_script(_REPLAY)
@@ -543,6 +655,7 @@ class Jobs:
     def close(self) -> None:
         """Close the connections."""
         self.client.close()
+        self._entries.close()
 
     def submit(
         self,
@@ -630,27 +743,43 @@ class Jobs:
         waiting = group["lag"]
         if waiting is None:  # entries were deleted by hand: count those after the last delivered
             after = f"({group['last-delivered-id']}"
-            waiting = len(cast(list[Any], self.client.xrange(self.stream, after, "+")))
+            waiting = len(cast(list[Any], self._entries.xrange(self.stream, after, "+")))
         return JobStats(self.stream, int(waiting), int(group["pending"]), dead, scheduled)
 
     def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The oldest `count` dead letters: job id, payload (JSON), key, attempts, error."""
-        entries = cast(list[tuple[str, dict[str, str]]], self.client.xrange(self.dead, count=count))
-        return [fields for _, fields in entries]
+        return [
+            {name: _text(value) for name, value in fields.items()}
+            for _, fields in self._dead_entries("-", "+", count)
+        ]
 
     # dead letters (worker.dead_letters.DeadLetters: `qq dead list | replay | purge`)
     def dead_list(self, limit: int) -> list[DeadLetter]:
-        """The oldest `limit` dead letters; their id is the dead-letter stream's entry."""
-        entries = cast(list[tuple[str, dict[str, str]]], self.client.xrange(self.dead, count=limit))
-        return [
-            DeadLetter(
-                id=entry,
-                job=fields.get("job", entry),
-                attempts=int(fields.get("attempts", 0)),
-                error=fields.get("error", ""),
-                when=_entry_time(entry),
+        """The oldest `limit` dead letters; their id is the dead-letter stream's entry, their
+        payload as it was (`base64:` and its bytes when it is not UTF-8 text)."""
+        letters = []
+        for entry, fields in self._dead_entries("-", "+", limit):
+            letters.append(
+                DeadLetter(
+                    id=entry,
+                    job=_text(fields.get("job", entry.encode())),
+                    attempts=_number(fields.get("attempts", b"0")),
+                    error=_text(fields.get("error", b"")),
+                    when=_entry_time(entry),
+                    payload=_shown(fields.get("payload", b"")),
+                )
             )
-            for entry, fields in entries
+        return letters
+
+    def _dead_entries(self, start: str, end: str, count: int) -> list[tuple[str, dict[str, bytes]]]:
+        """Dead letters as Redis holds them: entry id, then field name (text) to raw value."""
+        rows = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            self._entries.xrange(self.dead, start, end, count=count),
+        )
+        return [
+            (entry.decode(), {_text(name): value for name, value in fields.items()})
+            for entry, fields in rows
         ]
 
     def dead_replay(self, ids: Sequence[str] | None) -> int:
@@ -664,7 +793,7 @@ class Jobs:
         last = self._last_dead()
         replayed = 0
         while last is not None:
-            page = cast(list[tuple[str, Any]], self.client.xrange(self.dead, "-", last, CHUNK))
+            page = self._dead_entries("-", last, CHUNK)
             if not page:
                 break
             replayed += self._replay_some([entry for entry, _ in page])
@@ -693,8 +822,8 @@ class Jobs:
         return int(self._replay(keys=[self.dead, self.stream], args=entries))
 
     def _last_dead(self) -> str | None:
-        newest = cast(list[tuple[str, Any]], self.client.xrevrange(self.dead, count=1))
-        return newest[0][0] if newest else None
+        newest = cast(list[tuple[bytes, Any]], self._entries.xrevrange(self.dead, count=1))
+        return newest[0][0].decode() if newest else None
 
 
 @cache
@@ -801,6 +930,7 @@ class RedisJobs(Source):
         self.leases: dict[str, int] = {}  # entry -> delivery count, for jobs not yet settled
         self.draining = False
         self._client: aioredis.Redis | None = None
+        self._entries: aioredis.Redis | None = None  # reads entries undecoded (see `_text`)
         self._scripts: dict[str, Any] = {}
         self._history: str | None = "0"
         self._cursor = "0-0"
@@ -861,17 +991,17 @@ class RedisJobs(Source):
     async def _fetch(self, desired: int, wait: float) -> list[tuple[Any, ...]]:
         deadline = time.monotonic() + wait
         try:
-            client = await self._open()
+            await self._open()
             if self._history is not None:
-                cursor, out, _ = await self._call(client, desired, "history")
+                cursor, out, _ = await self._call(desired, "history")
                 self._history = cursor or None
                 if out or self._history is not None:
                     self._outage.ok()
-                    return self._deliveries(out)
+                    return out
             while True:
                 now = time.monotonic()
                 claim = now >= self._next_claim
-                cursor, out, due_in = await self._call(client, desired, "claim" if claim else "new")
+                cursor, out, due_in = await self._call(desired, "claim" if claim else "new")
                 if claim:
                     self._cursor = cursor
                     if cursor == "0-0":  # the whole pending list was scanned
@@ -880,11 +1010,11 @@ class RedisJobs(Source):
                 if due_in >= 0:  # wake up when the next scheduled job is due, to move it
                     block = min(block, due_in / 1000)
                 if not out and block > 0:
-                    out = await self._wait_for_new(client, desired, block)
+                    out = await self._wait_for_new(desired, block)
                 if out or time.monotonic() >= deadline:
                     break  # else a scheduled job is due, or one was scheduled: fetch again
             self._outage.ok()
-            return self._deliveries(out)
+            return out
         except ResponseError as exc:
             # NOGROUP: the stream was deleted; UNBLOCKED: deleted while a blocking read waited.
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -899,38 +1029,42 @@ class RedisJobs(Source):
             await asyncio.sleep(min(max(wait, 0.05), OUTAGE_PAUSE))
             return []
 
-    async def _wait_for_new(self, client: aioredis.Redis, count: int, wait: float) -> list[Any]:
+    async def _wait_for_new(self, count: int, wait: float) -> list[tuple[Any, ...]]:
         """Block up to `wait` seconds for new entries (XREADGROUP BLOCK): no polling."""
+        assert self._entries is not None
         block = max(1, int(min(wait, BLOCK_MAX) * 1000))
         streams: dict[Any, Any] = {self.stream: ">", self.wake: ">"}  # wake: see _SCHEDULE
-        reply = await client.xreadgroup(
+        reply = await self._entries.xreadgroup(
             self.group, self.consumer, streams, count=count, block=block
         )
         rows, done, woken = [], [], []
-        for stream, entries in cast(list[tuple[str, list[tuple[str, Any]]]], reply or []):
-            for entry, fields in entries:
-                if stream == self.wake:
+        for stream, entries in cast(list[tuple[bytes, list[tuple[bytes, Any]]]], reply or []):
+            for raw_entry, raw_fields in entries:
+                entry = raw_entry.decode()
+                if stream.decode() == self.wake:
                     woken.append(entry)
                     continue
-                if not fields:  # deleted
+                if not raw_fields:  # deleted
                     done.append(entry)
                     continue
-                job = fields.get("job", entry)
+                fields = {_text(name): _text(value) for name, value in raw_fields.items()}
+                missing = "" if "payload" in fields else "the entry has no payload field"
                 rows.append(
-                    [
+                    _delivery(
                         entry,
-                        job,
+                        fields.get("job", entry),
                         fields.get("key", ""),
                         fields.get("payload", ""),
-                        int(fields.get("attempt", 1)),
+                        _attempt(fields.get("attempt")),
                         1,
                         fields.get("traceparent", ""),
-                    ]
+                        missing,
+                    )
                 )
         if done:
-            await client.xack(self.stream, self.group, *done)
+            await self._entries.xack(self.stream, self.group, *done)
         if woken:
-            await client.xack(self.wake, self.group, *woken)
+            await self._entries.xack(self.wake, self.group, *woken)
         return rows
 
     async def finished(self) -> bool:
@@ -948,7 +1082,13 @@ class RedisJobs(Source):
             if group.get("lag") is not None:
                 return int(group["lag"]) == 0
             after = f"({group['last-delivered-id']}"
-            return not await client.xrange(self.stream, after, "+", count=1)
+            assert self._entries is not None
+            return not await self._entries.xrange(self.stream, after, "+", count=1)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOGROUP"):
+                raise
+            self._group_ready = False  # the stream is gone (a Redis restart): join it again
+            return False
         except UNREACHABLE as exc:
             if self._outage.failed(exc) > self.settings.source_connect_timeout:
                 raise self._unavailable(exc) from None
@@ -1040,8 +1180,13 @@ class RedisJobs(Source):
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
+            if self._entries is not None:
+                await self._entries.aclose()
+                self._entries = None
 
-    async def _call(self, client: aioredis.Redis, count: int, mode: str) -> Any:
+    async def _call(self, count: int, mode: str) -> tuple[str, list[tuple[Any, ...]], int]:
+        """One fetch script call: (cursor, deliveries, ms until the next scheduled job is due
+        or -1). The reply is read as bytes and decoded here, entry by entry (`_delivery`)."""
         reply = await self._scripts["fetch"](
             keys=[self.stream, self.starts, self.dead, self.scheduled],
             args=[
@@ -1055,29 +1200,26 @@ class RedisJobs(Source):
                 self.settings.jobs_dead_maxlen,
                 STOPPED,
             ],
-            client=client,
+            client=self._entries,
         )
-        return json.loads(reply)
-
-    @staticmethod
-    def _deliveries(rows: Any) -> list[tuple[Any, ...]]:
-        """The rows of a fetch as `Delivery` tuples (plain: they are pickled in the parent)."""
+        cursor, rows, due_in = json.loads(_text(reply))
         if not rows:  # Lua's cjson writes an empty table as {}
-            return []
-        return [(e, j, k, p, int(a), int(d), t) for e, j, k, p, a, d, t in rows]
+            return cursor, [], due_in
+        deliveries = [
+            _delivery(e, j, k, p, int(a), int(d), t, problem)
+            for e, j, k, p, a, d, t, problem in rows
+        ]
+        return cursor, deliveries, due_in
 
     async def _open(self) -> aioredis.Redis:
         if self._client is None:
             client = connect_async(self.settings)
+            self._entries = connect_async(self.settings, decode=False)
             self._scripts = {
                 name: client.register_script(lua)
-                for name, lua in (
-                    ("fetch", _FETCH),
-                    ("renew", _RENEW),
-                    ("settle", _SETTLE),
-                    ("release", _RELEASE),
-                )
+                for name, lua in (("renew", _RENEW), ("settle", _SETTLE), ("release", _RELEASE))
             }
+            self._scripts["fetch"] = self._entries.register_script(_FETCH)
             self._client = client
             self._heartbeat = asyncio.get_running_loop().create_task(self._renew_forever())
             self._group_ready = False
@@ -1125,13 +1267,17 @@ class RedisJobs(Source):
             for entry, deliveries in held[start : start + CHUNK]:
                 args += [entry, deliveries]
             lost = await self._scripts["renew"](keys=[self.stream], args=args, client=self._client)
-            for entry in lost:
-                if self.leases.pop(entry, None) is not None:
+            for entry, exists in zip(lost[::2], lost[1::2], strict=True):
+                if self.leases.pop(entry, None) is None:
+                    continue
+                if int(exists):
                     logger.warning(
                         "job entry %s was claimed by another consumer (this one stalled for "
                         "over JOBS_CLAIM_IDLE): the run that finishes first counts",
                         entry,
                     )
+                else:
+                    logger.warning("job entry %s: %s", entry, GONE)
 
     # worker processes
     @asynccontextmanager
@@ -1161,15 +1307,23 @@ class RedisJobs(Source):
         return [self._job(delivery) for delivery in deliveries]
 
     def _job(self, delivery: Delivery) -> Job | Exception:
+        """The job its reader gets, or why it fails: its earlier runs used every attempt, or
+        the entry is not a job (`MalformedJob`: a failure for good, whatever the payload)."""
         if delivery.attempt == 0:
             return JobFailed(
                 f"job {delivery.job_id}: the workers of its earlier runs stopped without an "
                 f"outcome {self.settings.jobs_max_attempts} time(s); moved to the dead letters"
             )
+        if delivery.problem:
+            return MalformedJob(f"entry {delivery.entry} is not a job: {delivery.problem}")
         try:
             payload = json.loads(delivery.payload)
-        except ValueError as exc:
-            return JobsError(f"payload {shorten(delivery.payload)} is not JSON: {exc}")
+        except Exception as exc:  # not JSON, nested too deep: this entry's failure alone
+            return MalformedJob(
+                f"entry {delivery.entry} is not a job: its payload "
+                f"{shorten(delivery.payload, 100)} is not JSON ({type(exc).__name__}: "
+                f"{shorten(str(exc), 100)})"
+            )
         return Job(
             delivery.job_id,
             payload,
@@ -1194,27 +1348,32 @@ class RedisJobs(Source):
             else:
                 results[index] = await self._put_back(delivery, error, state)
         if succeeded:
-            flags = await self.acknowledge([delivery for _, delivery in succeeded], state)
-            for (index, delivery), acked in zip(succeeded, flags, strict=True):
-                if not acked:
+            codes = await self.acknowledge([delivery for _, delivery in succeeded], state)
+            for (index, delivery), code in zip(succeeded, codes, strict=True):
+                if code == "not held":
                     results[index] = JobLost(
                         f"job {delivery.job_id} was acknowledged by another consumer that "
                         f"claimed it (JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed "
                         "without a renewal): this result is not counted"
                     )
+                elif code == "gone":
+                    results[index] = JobLost(
+                        f"job {delivery.job_id} ran, but {GONE}: nothing was acknowledged"
+                    )
         return results
 
-    async def acknowledge(self, deliveries: Sequence[Delivery], state: _Session) -> list[bool]:
-        """Acknowledge jobs in one call: per job, True if acknowledged now, False if it was
-        before (by a consumer that claimed it)."""
+    async def acknowledge(self, deliveries: Sequence[Delivery], state: _Session) -> list[str]:
+        """Acknowledge jobs in one call: per job, "acked" (now), "not held" (acknowledged
+        before, or held by a consumer that claimed it) or "gone" (its entry left the stream)."""
         settings = self.settings
         record = "1" if self.record_acks else "0"
-        triples = " ".join(f"{d.entry} {d.deliveries} {d.job_id}" for d in deliveries)
         keys = [self.stream, self.starts, acked_name(self.stream)]
-        args = [settings.jobs_group, self.consumer, record, settings.jobs_dead_maxlen, triples]
+        args: list[Any] = [settings.jobs_group, self.consumer, record, settings.jobs_dead_maxlen]
+        for d in deliveries:
+            args += (d.entry, d.deliveries, d.job_id)
         call = partial(state.wire.script, _ACK, keys, args)
-        flags = await _retrying(state.outage, settings.jobs_claim_idle, call)
-        return [flag == "1" for flag in flags]
+        codes = await _retrying(state.outage, settings.jobs_claim_idle, call)
+        return [ACKED[code] for code in codes]
 
     async def _put_back(self, delivery: Delivery, error: str, state: _Session) -> JobFailed:
         """Put a failed job back for its next attempt (after the retry backoff), or bury it."""
@@ -1242,6 +1401,7 @@ class RedisJobs(Source):
             0: "not put back: another consumer claimed or finished it",
             1: "put back for another attempt",
             2: "moved to the dead letters",
+            3: f"not put back: {GONE}",
         }[outcome]
         return JobFailed(
             f"job {delivery.job_id} attempt {attempt} of {settings.jobs_max_attempts}: "

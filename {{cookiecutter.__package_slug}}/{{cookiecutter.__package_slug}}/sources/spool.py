@@ -29,7 +29,8 @@ from ..spool import Batch, Consumer, Producer, dead_batches, purge_dead, recover
 from ..worker import Outcome, Source
 from ..worker.dead_letters import DeadLetter, dead_letter_commands
 
-FOLDERS = ("ready", "claimed", "dead")  # batches waiting, held by a consumer, given up on
+# Batches waiting, held by a consumer, given up on; and bytes of records set aside as corrupt.
+FOLDERS = ("ready", "claimed", "dead", "corrupt")
 
 
 class SpoolItem(NamedTuple):
@@ -141,7 +142,8 @@ class SpoolSource(Source):
             typer.echo(f"published {len(texts)} record(s) to {root}")
 
         def stats() -> None:
-            """Print the number of ready, claimed and dead batches as JSON."""
+            """Print the number of ready, claimed and dead batches, and of corrupt records set
+            aside, as JSON."""
             recover(root, max_attempts=max_attempts)
             counts = {name: len(_entries(root / name)) for name in FOLDERS}
             typer.echo(json.dumps({"root": str(root), **counts}))
@@ -151,9 +153,11 @@ class SpoolSource(Source):
         return [submit, stats, dead]
 
     async def gauges(self) -> dict[str, float]:
-        """Batches waiting (ready), pending (claimed) and dead, as `qq stats` counts them."""
+        """Batches waiting (ready), pending (claimed) and dead, and records set aside as
+        corrupt, as `qq stats` counts them."""
         counts = [len(_entries(self.root / name)) for name in FOLDERS]
-        return dict(zip(("waiting", "pending", "dead_letters"), counts, strict=True))
+        names = ("waiting", "pending", "dead_letters", "corrupt")
+        return dict(zip(names, counts, strict=True))
 
     def check(self) -> str | None:
         """The spool folder must exist and be writable."""

@@ -274,7 +274,8 @@ class _WorkerProcess(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         for (seq, item, carrier), what in zip(decoded, given, strict=True):
             if isinstance(what, BaseException):  # it fails; a commit step still sees it
-                self._ended(_Done(seq, item, 1, error_text(what), False, started))
+                refusal = Failure(error_text(what), permanent=isinstance(what, Permanent))
+                self._ended(_Done(seq, item, 1, refusal, False, started))
                 self._reader_done()
                 continue
             task = loop.create_task(self._run(seq, item, what, carrier, started))

@@ -24,6 +24,7 @@ class DeadLetter:
     attempts: int
     error: str
     when: str  # when it was given up on, ISO 8601 in UTC
+    payload: str = ""  # its data as text (`base64:...` when it is not UTF-8), cut; or ""
 
 
 class DeadLetters(Protocol):
@@ -63,7 +64,7 @@ def dead_letter_commands(
     def list_(
         limit: int = typer.Option(20, min=1, help="How many, oldest first."),
     ) -> None:
-        """Print the oldest dead letters as JSON lines (id, job, attempts, error, when)."""
+        """Print the oldest dead letters as JSON lines (id, job, attempts, error, when, payload)."""
         with letters() as opened:
             for letter in opened.dead_list(limit):
                 typer.echo(json.dumps(asdict(letter)))

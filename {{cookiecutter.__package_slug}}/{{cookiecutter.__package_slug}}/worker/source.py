@@ -107,7 +107,8 @@ class Source:
     async def begin(self, items: Sequence[Any], state: Any) -> Sequence[Any]:
         """In a worker process, before the reader, once for the items that start together:
         return, per item and in order, what its reader gets, or an `Exception` instance: that
-        item then fails with it and its reader does not run.
+        item then fails with it and its reader does not run (for good, without another
+        attempt, if it is a `worker.Permanent`).
 
         If it raises, every item of the call fails with that error. Only called if a subclass
         overrides it.
