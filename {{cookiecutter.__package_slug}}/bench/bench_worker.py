@@ -2,6 +2,9 @@
 
 `python bench/bench_worker.py [--quick]`. All baselines are measured in the same run, on the
 same machine, with 2 worker processes; the ratios are what to compare, not the raw numbers.
+Targets: items awaiting 50 ms at least 0.5x this worker's trivial row (its reader slots hide
+the waits), and 10,000 items of 1 KiB in flight at once, each awaiting 1 s, in under 200 MiB
+of RSS in their worker process.
 """
 
 from __future__ import annotations
@@ -57,10 +60,12 @@ def counting_writer(n: int) -> Callable[[int], AsyncIterator[int]]:
     return writer
 
 
-def bench_worker(n: int, cpu_ms: float) -> float:
+def bench_worker(n: int, cpu_ms: float, wait_ms: float = 0.0) -> float:
     async def reader(item: int) -> None:
         if cpu_ms:
             burn(cpu_ms)
+        if wait_ms:
+            await asyncio.sleep(wait_ms / 1000)
 
     settings = Settings(_env_file=None, num_processes=PROCESSES, log_level="WARNING")
     worker = Worker("bench", reader=reader, writer=counting_writer(n), settings=settings)
@@ -96,10 +101,45 @@ def stock_runner(reader: Any, writer: Any) -> quasiqueue.QuasiQueue:
     )
 
 
-def _serve_stock(n: int, cpu_ms: float, count: Any) -> None:
+def bench_memory(n: int, size: int, wait: float) -> tuple[int, float]:
+    """`n` items of `size` bytes, each awaiting `wait` seconds, in one worker process with `n`
+    reader slots: (the most in flight at once, the most RSS the process had, in MiB)."""
+    counts: Any = FORK.Array("l", [0, 0, 0])  # in flight now, most at once, most RSS
+
+    async def reader(item: str) -> None:
+        with counts.get_lock():
+            counts[0] += 1
+            counts[1] = max(counts[1], counts[0])
+        await asyncio.sleep(wait)
+        rss = psutil.Process().memory_info().rss
+        with counts.get_lock():
+            counts[0] -= 1
+            counts[2] = max(counts[2], rss)
+
+    items = iter(f"{number:08d}".ljust(size, "x") for number in range(n))
+
+    async def writer(desired: int) -> AsyncIterator[str]:
+        for item in itertools.islice(items, desired):
+            yield item
+
+    settings = Settings(
+        _env_file=None,
+        num_processes=1,
+        concurrent_tasks_per_process=n,
+        max_queue_size=n,
+        log_level="WARNING",
+    )
+    summary = asyncio.run(Worker("mem", reader=reader, writer=writer, settings=settings).drain())
+    assert summary.succeeded == n, summary
+    return int(counts[1]), counts[2] / 2**20
+
+
+def _serve_stock(n: int, cpu_ms: float, count: Any, wait_ms: float = 0.0) -> None:
     async def reader(item: int) -> None:
         if cpu_ms:
             burn(cpu_ms)
+        if wait_ms:
+            await asyncio.sleep(wait_ms / 1000)
         with count.get_lock():
             count.value += 1
 
@@ -115,10 +155,10 @@ def kill_tree(process: multiprocessing.process.BaseProcess) -> None:
     process.join(10)
 
 
-def bench_stock(n: int, cpu_ms: float, limit: float) -> float:
+def bench_stock(n: int, cpu_ms: float, limit: float, wait_ms: float = 0.0) -> float:
     """Stock QuasiQueue never stops by itself: count what it finishes, then kill it."""
     count: Any = FORK.Value("l", 0)
-    process = FORK.Process(target=_serve_stock, args=(n, cpu_ms, count))
+    process = FORK.Process(target=_serve_stock, args=(n, cpu_ms, count, wait_ms))
     started = time.perf_counter()
     process.start()
     while count.value < n and time.perf_counter() - started < limit:
@@ -177,6 +217,7 @@ def main() -> None:
 
     print(f"{PROCESSES} processes, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     print(f"{'workload':<16}{'runner':<34}{'items/s':>10}  ratio")
+    trivial = 0.0
     for label, cpu_ms, n_fast, n_stock in (
         ("trivial", 0.0, 40_000, 600),
         ("5 ms CPU", 5.0, 800, 300),
@@ -184,6 +225,7 @@ def main() -> None:
         n = max(20, int(n_fast * scale))
         stock = bench_stock(max(20, int(n_stock * scale)), cpu_ms, limit)
         ours = bench_worker(n, cpu_ms)
+        trivial = trivial or ours
         pool = bench_pool(n, cpu_ms)
         print(f"{label:<16}{'stock quasiqueue, its defaults':<34}{stock:>10.0f}  1.00x stock")
         print(
@@ -191,6 +233,24 @@ def main() -> None:
             f"{ours / stock:.2f}x stock, {ours / pool:.2f}x Pool"
         )
         print(f"{label:<16}{'multiprocessing.Pool imap_unordered':<34}{pool:>10.0f}  1.00x Pool")
+
+    label = "awaits 50 ms"
+    stock = bench_stock(max(20, int(600 * scale)), 0.0, limit, wait_ms=50)
+    waits = bench_worker(max(200, int(20_000 * scale)), 0.0, wait_ms=50)
+    ok = waits / trivial >= 0.5
+    print(f"{label:<16}{'stock quasiqueue, its defaults':<34}{stock:>10.0f}  1.00x stock")
+    print(
+        f"{label:<16}{'this worker, rendered defaults':<34}{waits:>10.0f}  "
+        f"{waits / stock:.2f}x stock, {waits / trivial:.2f}x its trivial row (>= 0.50x) "
+        f"[{'ok' if ok else 'MISS'}]"
+    )
+
+    many = max(200, int(10_000 * scale))
+    most, rss = bench_memory(many, 1024, 1.0)
+    print(
+        f"\nmemory: {many} items of 1 KiB awaiting 1 s in one worker process: {most} in flight "
+        f"at once, peak RSS {rss:.0f} MiB (< 200 MiB) [{'ok' if rss < 200 else 'MISS'}]"
+    )
 
     few, slow_ms = 6, 20.0 if args.quick else 100.0
     ours_s, pool_s, used = bench_few_slow(few, slow_ms)

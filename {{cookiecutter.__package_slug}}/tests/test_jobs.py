@@ -308,12 +308,16 @@ async def test_a_job_whose_worker_keeps_dying_is_dead_lettered(server: Server, s
 
     summary = await jobs_worker(settings, reader).drain()
 
-    assert (summary.succeeded, summary.failed) == (0, 2)  # two deaths, then buried unread
+    # Each attempt: a death beside others, then one alone, which is the job's; then buried.
+    assert (summary.succeeded, summary.failed) == (0, 2)
     with Jobs(settings) as jobs:
         [dead] = jobs.dead_letters()
         assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, 1)
     assert (dead["job"], dead["attempts"]) == (crash, "2")
-    assert dead["error"].startswith("the worker holding it stopped without an outcome")
+    assert dead["error"].startswith("worker process t-alone-")
+    assert dead["error"].endswith(
+        "(code 17) while running it alone, 1 time(s): the item crashes its process"
+    )
 
 
 async def test_a_job_is_acknowledged_once_and_renewal_drops_claimed_jobs(

@@ -93,7 +93,7 @@ async def test_after_the_last_retry_the_item_is_reported_failed(journal: Journal
     assert sorted(item for item, _ in source.failures) == list(range(30))
 
 
-async def test_a_crashed_process_fails_its_items_and_is_replaced(
+async def test_a_crash_costs_only_the_item_that_causes_it_and_the_process_is_replaced(
     journal: Journal, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def reader(item: int) -> None:
@@ -107,14 +107,14 @@ async def test_a_crashed_process_fails_its_items_and_is_replaced(
     )
     summary = await worker.drain()
 
-    assert summary.enqueued == summary.succeeded + summary.failed == 100
-    assert 13 in {item for item, _ in source.failures}
-    assert set(source.of(Outcome.LOST)) == {item for item, _ in source.failures}
-    assert all("exited (code 7)" in error for _, error in source.failures)
-    assert set(journal.column(0)) == {str(n) for n in range(100)} - {
-        str(item) for item, _ in source.failures
-    }
-    assert "exited with code 7: replacing it" in caplog.text
+    assert (summary.enqueued, summary.succeeded, summary.failed) == (100, 99, 1)
+    [(item, error)] = source.failures
+    assert item == 13
+    assert source.of(Outcome.LOST) == [13]
+    assert "exited (code 7) while running it alone, 1 time(s)" in error
+    assert set(journal.column(0)) == {str(n) for n in range(100) if n != 13}
+    assert "exited with code 7 holding 1 item(s) that had started" in caplog.text
+    assert len({row[1] for row in journal.rows()}) >= 2  # the process was replaced
 
 
 class RefusingSource(CommittingSource):

@@ -76,7 +76,10 @@ class Settings(QuasiQueueSettings):
     num_processes: int = Field(default=2, ge=1)
     max_queue_size: int = Field(default=1000, ge=1)
     lookup_block_size: int = Field(default=250, ge=1)
-    concurrent_tasks_per_process: int = Field(default=16, ge=1)
+    # Reader slots per process of an async reader: 0 (default) adapts them to the work, from
+    # 16 up to MAX_CONCURRENT_TASKS_PER_PROCESS; a number fixes them (docs/worker.md).
+    concurrent_tasks_per_process: int = Field(default=0, ge=0)
+    max_concurrent_tasks_per_process: int = Field(default=5000, ge=1)
     max_jobs_per_process: int | None = Field(default=10_000, ge=0)
     empty_queue_sleep_time: float = Field(default=0.5, gt=0)
     graceful_shutdown_timeout: float = Field(default=30.0, ge=0)

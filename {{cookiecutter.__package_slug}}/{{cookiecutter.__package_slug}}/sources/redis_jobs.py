@@ -928,6 +928,7 @@ class RedisJobs(Source):
         self.record_acks = record_acks
         self.interval = settings.jobs_claim_idle / 4
         self.leases: dict[str, int] = {}  # entry -> delivery count, for jobs not yet settled
+        self.lost: dict[str, str] = {}  # entry -> why, for jobs lost with their process
         self.draining = False
         self._client: aioredis.Redis | None = None
         self._entries: aioredis.Redis | None = None  # reads entries undecoded (see `_text`)
@@ -1096,10 +1097,11 @@ class RedisJobs(Source):
 
     def settle(self, item: Any, outcome: Outcome, error: str | None) -> None:
         """Drop the lease; a job lost with its worker process goes back (or to the dead
-        letters) at once. Jobs that never started go back in `close`."""
+        letters, with why) at once. Jobs that never started go back in `close`."""
         self.leases.pop(item[0], None)  # its Delivery.entry
         if outcome is not Outcome.LOST:
             return
+        self.lost[item[0]] = error or STOPPED
         if self._releasing is None or self._releasing.done():
             self._releasing = asyncio.get_running_loop().create_task(self._release_lost())
         else:  # the running one may have listed the held jobs already: it runs once more
@@ -1122,7 +1124,7 @@ class RedisJobs(Source):
         client = await self._open()
         held = await client.xpending_range(self.stream, self.group, "-", "+", CHUNK, self.consumer)
         for row in held:
-            entry = row["message_id"]
+            entry = cast(str, row["message_id"])
             if entry in self.leases:
                 continue
             await self._scripts["settle"](
@@ -1132,7 +1134,7 @@ class RedisJobs(Source):
                     self.consumer,
                     entry,
                     row["times_delivered"],
-                    STOPPED,
+                    self.lost.pop(entry, STOPPED),
                     self.settings.jobs_max_attempts,
                     self.settings.jobs_dead_maxlen,
                 ],

@@ -1,7 +1,10 @@
 """What runs inside each worker process.
 
 A worker process opens the source's session and the context once, then runs the reader on
-the items its parent sends, at most `concurrency` at a time, and reports one outcome per item.
+the items its parent sends, at most one per reader slot at a time (`slots.py`: fixed, or
+adaptive), and reports one outcome per item. Before a reader starts, the process tells its
+parent which items start (one frame for those that start together), so that if the process
+dies the parent knows which of its items had started.
 A source's `begin` and `commit` (a durable source recording a start, acknowledging an item) run
 once for the items that start, or succeed, together, and `commit` outside the reader's slots:
 the next item starts while the acknowledgement is on the wire. It never
@@ -31,6 +34,7 @@ from .calls import keywords, open_context
 from .instrument import Instrument
 from .metrics import Metrics
 from .retry import Permanent, ReaderTimeout, RetryAfter, backoff
+from .slots import TICK, TICK_GROWING, Slots, next_limit
 from .source import Failure, Source
 from .texts import error_text, shorten
 from .wire import Frame, FrameReader, Kind, encode, encode_seqs
@@ -39,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 CONTEXT_FAILED_EXIT = 3
 _UNTRACED = nullcontext()  # the span of a reader call when nothing traces it
-READ_AHEAD = 2  # items per reader slot a process holds that it has not started
 CANCEL_GRACE = 1.0  # seconds a timed-out async reader gets to finish cancelling
 
 
@@ -96,8 +99,7 @@ class ReaderPlan:
     reader_takes: frozenset[str]
     context: Callable[..., Any] | None
     settings: Any
-    concurrency: int
-    window: int  # items the parent hands one process: READ_AHEAD per slot, plus committing
+    slots: Slots  # how many items run at once: see slots.py
     max_retries: int
     retry_backoff: float
     retry_backoff_max: float
@@ -132,7 +134,11 @@ class _WorkerProcess(asyncio.Protocol):
         self.running: set[asyncio.Task[None]] = set()
         self.beginning = _Batches(self._begin, self.running, self._finished)
         self.committing = _Batches(self._commit, self.running, self._finished)
-        self.reading = 0  # items in the reader (at most plan.concurrency)
+        self.reading = 0  # items holding a reader slot (at most `limit`)
+        self.limit = plan.slots.start  # reader slots now
+        self.starting: list[tuple[int, bytes]] = []  # to launch at the end of this turn
+        self.tick: asyncio.TimerHandle | None = None  # the next slot decision (adaptive)
+        self.measured = (0.0, 0.0, 0.0)  # (loop time, CPU time, delay) of the tick set
         self.outbox: list[bytes] = []
         self.read: list[int] = []  # items whose reader is done, for the next READ frame
         self.transport: asyncio.Transport | None = None
@@ -143,7 +149,6 @@ class _WorkerProcess(asyncio.Protocol):
         self.is_async = inspect.iscoroutinefunction(plan.reader)
         self.begins = plan.source.begins
         self.commits = plan.source.commits
-        self.marks_starts = bool(plan.timeout) and not self.is_async  # the parent times them
         self.done: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[None] | None = None
 
@@ -164,6 +169,8 @@ class _WorkerProcess(asyncio.Protocol):
                 return CONTEXT_FAILED_EXIT
             loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
             await loop.connect_accepted_socket(lambda: self, self.sock)
+            if self.plan.metrics is not None:
+                self.plan.metrics.slots.set(self.limit)
             self._send(encode(Kind.READY))
             await self.done
             self._flush()
@@ -203,25 +210,74 @@ class _WorkerProcess(asyncio.Protocol):
     def _accept(self, frame: Frame) -> None:
         if self.stopping:
             self._send(encode(Kind.NOT_STARTED, frame.seq))
-        elif self.reading < self.plan.concurrency:
+        elif self.reading < self.limit:
             self._start(frame.seq, frame.payload)
         else:
             self.backlog.append((frame.seq, frame.payload))
+            self._watch(TICK_GROWING)  # soon: items wait for a slot
 
     def _start(self, seq: int, payload: bytes) -> None:
+        """Take a slot for the item; it is launched with the others of this turn."""
         self.reading += 1
-        if self.begins:  # the items that start together begin in one call
-            self.beginning.add((seq, payload))
+        if not self.starting:
+            asyncio.get_running_loop().call_soon(self._launch)
+        self.starting.append((seq, payload))
+
+    def _launch(self) -> None:
+        """Tell the parent which items start (written now, before any of their readers can
+        take the process down with it), then start them."""
+        batch, self.starting = self.starting, []
+        if not batch:  # handed back by a stop in this turn
             return
-        task = asyncio.get_running_loop().create_task(self._run_item(seq, payload))
-        self.running.add(task)
-        task.add_done_callback(self._finished)
+        self._send(encode_seqs(Kind.STARTED, [seq for seq, _ in batch]))
+        self._flush()
+        loop = asyncio.get_running_loop()
+        for seq, payload in batch:
+            if self.begins:  # the items that start together begin in one call
+                self.beginning.add((seq, payload))
+                continue
+            task = loop.create_task(self._run_item(seq, payload))
+            self.running.add(task)
+            task.add_done_callback(self._finished)
 
     def _reader_done(self) -> None:
         """An item left the reader: its slot goes to the next item waiting."""
         self.reading -= 1
-        if self.backlog and not self.stopping:
+        self._fill()
+
+    def _fill(self) -> None:
+        """Give the free slots to the items waiting for one."""
+        while self.backlog and self.reading < self.limit and not self.stopping:
             self._start(*self.backlog.popleft())
+
+    # adaptive slots (slots.py)
+    def _watch(self, after: float = TICK) -> None:
+        """Take the next slot decision in `after` seconds, if the slots adapt and none is
+        due."""
+        if self.plan.slots.adaptive and self.tick is None and not self.stopping:
+            loop = asyncio.get_running_loop()
+            self.measured = (loop.time(), time.process_time(), after)
+            self.tick = loop.call_at(self.measured[0] + after, self._adapt)
+
+    def _adapt(self) -> None:
+        """Decide the slots from the last tick: CPU used, loop lag, items waiting."""
+        loop = asyncio.get_running_loop()
+        now, cpu = loop.time(), time.process_time()
+        since, used, after = self.measured
+        self.tick = None
+        waiting = bool(self.backlog) and self.reading >= self.limit
+        busy = (cpu - used) / max(now - since, 1e-6)
+        lag = now - since - after
+        limit = next_limit(self.plan.slots, self.limit, waiting=waiting, busy=busy, lag=lag)
+        grew = limit > self.limit
+        if limit != self.limit:
+            self.limit = limit
+            self._send(encode(Kind.SLOTS, limit))  # the parent hands out as many
+            if self.plan.metrics is not None:
+                self.plan.metrics.slots.set(limit)
+            self._fill()
+        if self.reading or self.backlog:
+            self._watch(TICK_GROWING if grew else TICK)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.running.discard(task)
@@ -289,9 +345,6 @@ class _WorkerProcess(asyncio.Protocol):
         holding = True  # this item holds one of the reader slots
         reported = False
         try:
-            if self.marks_starts:  # the parent times sync readers
-                self._send(encode(Kind.STARTED, seq))
-                self._flush()  # now: the reader is about to block this process
             attempt, error, timed_out = await self._read(given, seq, carrier)
             if self.commits:
                 holding = False
@@ -417,11 +470,18 @@ class _WorkerProcess(asyncio.Protocol):
         if self.stopping:
             return
         self.stopping = True
+        if self.tick is not None:
+            self.tick.cancel()
+            self.tick = None
+        for seq, _ in self.starting:  # not launched yet: they never started
+            self._send(encode(Kind.NOT_STARTED, seq))
+            self.reading -= 1
+        self.starting.clear()
         while self.backlog:
             self._send(encode(Kind.NOT_STARTED, self.backlog.popleft()[0]))
 
     def _check_done(self) -> None:
-        idle = not self.running and not self.backlog
+        idle = not self.running and not self.backlog and not self.starting
         if (self.stopping or self.retiring) and idle and self.done and not self.done.done():
             self.done.set_result(None)
 
@@ -438,6 +498,8 @@ class _WorkerProcess(asyncio.Protocol):
         self.read.append(seq)
 
     def _flush(self) -> None:
+        if self.plan.metrics is not None:  # once a turn, not once an item
+            self.plan.metrics.in_flight.set(self.reading)
         if self.read:  # first: an item's READ must reach the parent before its outcome
             self.outbox.insert(0, encode_seqs(Kind.READ, self.read))
             self.read = []

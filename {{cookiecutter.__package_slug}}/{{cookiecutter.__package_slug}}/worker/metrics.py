@@ -42,6 +42,8 @@ class Metrics:
     duration: Any
     queue_depth: Any
     restarts: Any
+    in_flight: Any
+    slots: Any
 
     def render(self, gauges: Mapping[str, float] | None = None) -> bytes:
         """The text exposition of every process's metrics, summed, and the source's `gauges`
@@ -102,6 +104,18 @@ def create_metrics(prefix: str) -> Metrics:
         ),
         restarts=Counter(
             f"{name}_worker_process_restarts", "Worker processes replaced.", registry=None
+        ),
+        in_flight=Gauge(
+            f"{name}_items_in_flight",
+            "Items whose reader runs now, in every worker process.",
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
+        slots=Gauge(
+            f"{name}_reader_slots",
+            "Items the worker processes may run at once now (adaptive: see docs/worker.md).",
+            registry=None,
+            multiprocess_mode="livesum",
         ),
     )
 

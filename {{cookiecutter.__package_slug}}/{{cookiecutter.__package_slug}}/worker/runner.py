@@ -9,20 +9,17 @@ from typing import Any
 
 from ..settings import Settings
 from .calls import check_context, check_reader
-from .child import READ_AHEAD, ReaderPlan
+from .child import ReaderPlan
 from .errors import SignatureError
 from .instrument import Instrument
 from .metrics import Metrics, create_metrics
+from .slots import Slots
 from .source import Source
 from .summary import Summary
 from .supervisor import Supervisor
 from .writer_source import WriterSource
 
 logger = logging.getLogger(__name__)
-
-# Items per reader slot a process may hold when its source commits in-process: READ_AHEAD not read
-# yet (as without commits), the rest read and committing, so acknowledgements go out in batches.
-FINISHING_WINDOW = 16
 
 
 class Worker:
@@ -91,17 +88,19 @@ class Worker:
         progress: Callable[[int, int], None] | None,
         metrics: Metrics | None,
     ) -> Supervisor:
-        is_async = inspect.iscoroutinefunction(self.reader)
         settings = self.settings
         source = self.source
-        concurrency = settings.concurrent_tasks_per_process if is_async else 1
+        slots = Slots.for_reader(
+            inspect.iscoroutinefunction(self.reader),
+            settings.concurrent_tasks_per_process,
+            settings.max_concurrent_tasks_per_process,
+        )
         plan = ReaderPlan(
             reader=self.reader,
             reader_takes=self._reader_takes,
             context=self.context,
             settings=settings,
-            concurrency=concurrency,
-            window=(FINISHING_WINDOW if source.commits else READ_AHEAD) * concurrency,
+            slots=slots,
             max_retries=settings.max_retries,
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,

@@ -1,16 +1,26 @@
 """One run of the worker, in the parent process.
 
 The parent fetches items from the source, keeps them in a bounded buffer, and hands each
-worker process at most a small window of items over its own socket. Every item it fetches is
-tracked until it has an outcome, and the source is told each outcome once (`Source.settle`),
-so nothing is lost: recycled processes finish their items first, items of a crashed process
-are settled as lost, and at shutdown the items that never started are settled as not started.
+worker process at most a window of items over its own socket: its reader slots and a few
+more (`slots.py`). Every item it fetches is tracked until it has an outcome, and the source is
+told each outcome once (`Source.settle`), so nothing is lost: recycled processes finish their
+items first, and at shutdown the items that never started are settled as not started.
+
+A crash costs the item that caused it, not its neighbours. When a worker process dies, its
+items that had not started are handed out again, no attempt counted; those that had started
+("suspects": any of them may have caused it) each run again alone, one at a time, in a process
+of their own. A crash of that process is its one item's: it counts as a failed attempt, and
+the item runs alone again while MAX_RETRIES allows, then it is settled as lost, with a log
+line naming it (a durable source counts that attempt, and may hand it out again).
+
 Nothing here polls: the parent waits on sockets, process sentinels, events and the source.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import itertools
 import logging
 import multiprocessing
@@ -25,10 +35,11 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .child import CONTEXT_FAILED_EXIT, READ_AHEAD, ReaderPlan, run_worker_process
+from .child import CONTEXT_FAILED_EXIT, ReaderPlan, run_worker_process
 from .errors import ContextError, WorkerError, WriterError
 from .metrics import serve_metrics
 from .retry import ReaderTimeout
+from .slots import Slots, ahead, committing
 from .source import Outcome, Source
 from .summary import Summary
 from .texts import error_text, shorten
@@ -52,8 +63,11 @@ class _Child:
 
     process: BaseProcess
     sock: socket.socket
+    limit: int  # its reader slots now (adaptive slots change)
+    isolated: bool = False  # runs one suspect at a time (see the module docstring)
     transport: asyncio.Transport | None = None
     outstanding: set[int] = field(default_factory=set)
+    started: set[int] = field(default_factory=set)  # their readers may have run
     finishing: set[int] = field(default_factory=set)  # read, in their commit step
     running: int | None = None  # the item its sync reader started (with READER_TIMEOUT)
     overran: int | None = None  # the item whose sync reader overran: the process was killed
@@ -104,15 +118,14 @@ class Supervisor:
         self.progress = progress  # called with (finished, enqueued) after each outcome
         self.num_processes: int = settings.num_processes
         self.block_size: int = settings.lookup_block_size
-        self.read_ahead = READ_AHEAD * plan.concurrency  # items a process may hold not read yet
         if source.durable:  # leases: hold few unstarted items, so other instances get work
-            in_processes = self.read_ahead * self.num_processes  # unstarted, held there
+            most = ahead(plan.slots.ceiling)  # unstarted, held in each process at most
+            in_processes = most * self.num_processes
             if 0 < settings.max_unstarted <= in_processes:
                 raise WorkerError(
                     f"MAX_UNSTARTED={settings.max_unstarted} is not above what the worker"
-                    f" processes read ahead ({self.num_processes} x {READ_AHEAD} per reader slot"
-                    f" x {plan.concurrency} slot(s) = {in_processes}): set it above"
-                    f" {in_processes}, or 0"
+                    f" processes read ahead ({self.num_processes} x {most}"
+                    f" = {in_processes}): set it above {in_processes}, or 0"
                 )
             limit = settings.max_unstarted or in_processes + self.block_size
             self.max_queue_size: int = limit - in_processes
@@ -124,7 +137,8 @@ class Supervisor:
         self.requeue_window: float = settings.prevent_requeuing_time
         self.graceful_timeout: float = settings.graceful_shutdown_timeout
         self.max_jobs: int = settings.max_jobs_per_process or 0
-        self.window = plan.window  # items one process may hold, committing ones included
+        self.commits = source.commits  # processes hold items while their commits run
+        self.times_sync = bool(plan.timeout) and not inspect.iscoroutinefunction(plan.reader)
         self.tracing = plan.tracing
 
         self.loop = asyncio.get_running_loop()
@@ -138,6 +152,9 @@ class Supervisor:
         self.turn = 0  # which worker process is offered items first
         self.dispatch_due = False  # a `_dispatch` is scheduled
         self.unstarted: list[Any] = []
+        self.suspects: deque[int] = deque()  # started in a process that died: run each alone
+        self.crashes: dict[int, int] = {}  # item -> crashes of a process running it alone
+        self.isolation: _Child | None = None  # the process that runs suspects one at a time
         self.enqueued = self.succeeded = self.failed = self.retried = self.skipped = 0
         self.timed_out = 0
 
@@ -306,18 +323,23 @@ class Supervisor:
         return 1
 
     # ---- worker processes ----------------------------------------------------------------
-    def _spawn(self) -> None:
+    def _spawn(self, *, isolated: bool = False) -> None:
         parent_sock, child_sock = socket.socketpair()
         inherited = [child.sock.fileno() for child in self.children] + [parent_sock.fileno()]
+        plan = self.plan
+        if isolated:  # one slot: a crash of this process is its one item's
+            plan = dataclasses.replace(plan, slots=Slots(1, 1, adaptive=False))
         process = FORK.Process(
             target=run_worker_process,
-            args=(child_sock, inherited, self.plan),
-            name=f"{self.name}-worker-{self.launched:03d}",
+            args=(child_sock, inherited, plan),
+            name=f"{self.name}-{'alone' if isolated else 'worker'}-{self.launched:03d}",
         )
         self.launched += 1
         process.start()
         child_sock.close()
-        child = _Child(process=process, sock=parent_sock)
+        child = _Child(process=process, sock=parent_sock, limit=plan.slots.start, isolated=isolated)
+        if isolated:
+            self.isolation = child
         self.children.append(child)
         self.all_exited.clear()
         self.loop.add_reader(process.sentinel, self._on_exit, child)
@@ -333,17 +355,47 @@ class Supervisor:
         child.transport = transport
 
     def _free(self, child: _Child) -> int:
-        """How many more items `child` may take now (0 if it is not taking any)."""
-        if not child.ready or child.retiring or child.transport is None:
+        """How many more items `child` may take now (0 if it is not taking any): its slots
+        and a few more not started (`slots.ahead`), plus those its source is committing."""
+        if not child.ready or child.retiring or child.isolated or child.transport is None:
             return 0
-        held = len(child.outstanding)
-        free = min(self.read_ahead - (held - len(child.finishing)), self.window - held)
+        held, limit = len(child.outstanding), child.limit
+        reading = limit + ahead(limit)
+        window = reading + (committing(limit) if self.commits else 0)
+        free = min(reading - (held - len(child.finishing)), window - held)
         if self.max_jobs:
             free = min(free, self.max_jobs - child.sent)
         return max(free, 0)
 
+    def _isolate(self) -> None:
+        """Run the suspects one at a time, each alone in the isolation process (started when
+        one waits, retired when none is left)."""
+        if self.stopped.is_set():
+            return
+        if self.suspects and self.isolation is None:
+            self._spawn(isolated=True)
+        alone = self.isolation
+        if alone is None or not alone.ready or alone.retiring or alone.outstanding:
+            return
+        assert alone.transport is not None
+        if not self.suspects:
+            alone.transport.write(encode(Kind.RETIRE))
+            alone.retiring = True
+            return
+        seq = self.suspects.popleft()
+        alone.outstanding.add(seq)
+        alone.sent += 1
+        self.retried += 1
+        alone.transport.write(encode(Kind.ITEM, seq, 0, self._payload(seq)))
+
+    def _payload(self, seq: int) -> bytes:
+        """The bytes of an item handed out again (its trace carrier is not kept: no parent)."""
+        payload = pickle.dumps(self.items[seq], PICKLE)
+        return b"\n" + payload if self.tracing is not None else payload
+
     def _dispatch(self) -> None:
         self.dispatch_due = False
+        self._isolate()
         pending = self.pending
         if self.stopped.is_set() or not pending:
             self._note_room()
@@ -420,10 +472,17 @@ class Supervisor:
             logger.error("[%s] item failed: %s: %s", self.name, shorten(item), error)
             self._tell(item, Outcome.FAILED, error)
         elif kind == Kind.STARTED:
-            child.running = frame.seq
-            child.deadline = self.loop.call_later(
-                self.plan.timeout, self._overrun, child, frame.seq
-            )
+            seqs = decode_seqs(frame.payload)
+            child.started.update(seqs)
+            if self.times_sync and seqs:  # a sync reader runs one at a time: time it
+                if child.deadline is not None:
+                    child.deadline.cancel()
+                child.running = seqs[-1]
+                child.deadline = self.loop.call_later(
+                    self.plan.timeout, self._overrun, child, seqs[-1]
+                )
+        elif kind == Kind.SLOTS:
+            child.limit = frame.seq
         elif kind == Kind.READ:
             child.finishing.update(decode_seqs(frame.payload))
         elif kind == Kind.NOT_STARTED:
@@ -444,7 +503,9 @@ class Supervisor:
 
     def _settle(self, child: _Child, frame: Frame) -> Any:
         child.outstanding.discard(frame.seq)
+        child.started.discard(frame.seq)
         child.finishing.discard(frame.seq)
+        self.crashes.pop(frame.seq, None)
         if child.running == frame.seq and child.deadline is not None:
             child.deadline.cancel()
             child.running = child.deadline = None
@@ -488,13 +549,18 @@ class Supervisor:
         self.on_child_gone(child)
 
     def on_child_gone(self, child: _Child) -> None:
-        """Settle a worker process once it has exited and all it sent has been read."""
+        """Settle a worker process once it has exited and all it sent has been read: hand
+        out again the items it had not started, run those it had started alone (see the
+        module docstring), and replace it unless it was retiring."""
         if not (child.exited and child.eof) or child not in self.children:
             return
         self.children.remove(child)
+        if child is self.isolation:
+            self.isolation = None
         if child.transport is not None:
             child.transport.close()
         code = child.process.exitcode
+        name = child.process.name
         metrics = self.plan.metrics
         if metrics is not None and child.process.pid is not None:
             metrics.process_exited(child.process.pid)
@@ -502,45 +568,94 @@ class Supervisor:
             child.deadline.cancel()
         if child.overran is not None:
             self._time_out(child, child.overran)
-        for seq in sorted(child.outstanding):
-            if child.overran is not None and seq not in child.finishing:
-                # Its sync reader ran only the item that overran: these never started.
-                payload = pickle.dumps(self.items[seq], PICKLE)
-                if self.tracing is not None:  # their carriers are not kept: no parent span
-                    payload = b"\n" + payload
-                self.pending.appendleft((seq, payload))
-                continue
-            error = f"worker process {child.process.name} exited (code {code}) while holding it"
-            self._lose(self.items.pop(seq), Outcome.LOST, error)
+        not_started = sorted(child.outstanding - child.started, reverse=True)
+        suspects = sorted(child.outstanding & child.started)
+        if self.stopped.is_set():  # nothing is handed out any more: settle them now
+            self._settle_at_stop(not_started, suspects, name, code)
+            not_started = suspects = []
+        for seq in not_started:  # first in line again, no attempt counted
+            self.pending.appendleft((seq, self._payload(seq)))
+        if suspects and child.isolated:
+            self._crashed_alone(suspects[0], name, code)
+        elif suspects:
+            logger.error(
+                "[%s] %s exited with code %s holding %d item(s) that had started: each runs "
+                "again alone, in a process of its own, to find the one that crashes it%s",
+                self.name,
+                name,
+                code,
+                len(suspects),
+                f" ({len(not_started)} not started: handed out again)" if not_started else "",
+            )
+            self.suspects.extend(suspects)
         child.outstanding.clear()
+        child.started.clear()
         child.finishing.clear()
         self._check_idle()
         if not self.children:
             self.all_exited.set()
-        if self.stopped.is_set() or child.retiring:
+        if self.stopped.is_set() or child.retiring or child.isolated:
             self._dispatch()
             return
-        if child.overran is not None:
-            self._spawn()
-            self._count_restart()
-            return
-        if code == CONTEXT_FAILED_EXIT or not child.ready:
+        if child.overran is None and (code == CONTEXT_FAILED_EXIT or not child.ready):
             self._finish(
                 ContextError(
-                    f"worker process {child.process.name} exited with code {code} before it "
+                    f"worker process {name} exited with code {code} before it "
                     "was ready; check context() and the worker's logs"
                 )
             )
             return
-        name = child.process.name
-        logger.error("[%s] %s exited with code %s: replacing it", self.name, name, code)
+        if child.overran is None and not suspects:
+            logger.error("[%s] %s exited with code %s: replacing it", self.name, name, code)
         self._spawn()
         self._count_restart()
+        self._dispatch()
+
+    def _settle_at_stop(
+        self, not_started: list[int], started: list[int], name: str, code: int | None
+    ) -> None:
+        """Settle the items of a process that exited while the run stops."""
+        for seq in not_started:
+            item = self.items.pop(seq)
+            self.unstarted.append(item)
+            self._tell(item, Outcome.NOT_STARTED, None)
+        for seq in started:
+            self.crashes.pop(seq, None)
+            error = f"worker process {name} exited (code {code}) while holding it"
+            self._lose(self.items.pop(seq), Outcome.LOST, error)
+
+    def _crashed_alone(self, seq: int, name: str, code: int | None) -> None:
+        """The isolation process died running item `seq` alone: the crash is the item's."""
+        crashes = self.crashes[seq] = self.crashes.get(seq, 0) + 1
+        item = self.items[seq]
+        tries = self.plan.max_retries + 1
+        if crashes < tries:
+            logger.error(
+                "[%s] %s crashed its worker process (%s, code %s) running alone (try %d of "
+                "%d): it runs alone again",
+                self.name,
+                shorten(item),
+                name,
+                code,
+                crashes,
+                tries,
+            )
+            self.suspects.appendleft(seq)
+            self._count_restart()
+            return
+        self.crashes.pop(seq)
+        text = (
+            f"worker process {name} exited (code {code}) while running it alone, "
+            f"{crashes} time(s): the item crashes its process"
+        )
+        self._lose(self.items.pop(seq), Outcome.LOST, text)
 
     def _time_out(self, child: _Child, seq: int) -> None:
         """Settle the item whose sync reader overran as failed by a timeout."""
         child.outstanding.discard(seq)
+        child.started.discard(seq)
         child.finishing.discard(seq)
+        self.crashes.pop(seq, None)
         error = error_text(ReaderTimeout(self.plan.timeout))
         self._lose(self.items.pop(seq), Outcome.FAILED, error, timed_out=True)
 
@@ -578,6 +693,11 @@ class Supervisor:
             item = self.items.pop(seq)
             self.unstarted.append(item)
             self._tell(item, Outcome.NOT_STARTED, None)
+        while self.suspects:  # they had started in a process that died
+            seq = self.suspects.popleft()
+            self.crashes.pop(seq, None)
+            text = "its worker process died holding it; stopped before it ran again alone"
+            self._lose(self.items.pop(seq), Outcome.LOST, text)
         for child in self.children:
             if child.ready:  # a process not ready yet gets STOP when it says READY
                 self._write(child, encode(Kind.STOP))

@@ -30,7 +30,8 @@ class Kind(enum.IntEnum):
     READ = 15  # with a commit step: the reader is done with these items (payload: their
     # sequence numbers, see `encode_seqs`), their commits run
     TIMED_OUT = 16  # FAILED because the reader overran READER_TIMEOUT; payload: the error text
-    STARTED = 17  # a sync reader with READER_TIMEOUT started this item (the parent times it)
+    STARTED = 17  # these items start (payload: their sequence numbers), before their readers
+    SLOTS = 18  # the process's reader slots are now `seq` (adaptive slots)
 
 
 class Frame(NamedTuple):
