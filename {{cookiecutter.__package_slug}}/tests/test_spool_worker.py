@@ -15,8 +15,13 @@ import pytest
 from support import Journal, fast_settings, kill_session
 
 from {{ cookiecutter.__package_slug }}.sources.spool import SpoolItem, SpoolSource
-from {{ cookiecutter.__package_slug }}.spool import Consumer, Producer
-from {{ cookiecutter.__package_slug }}.worker import Worker
+from {{ cookiecutter.__package_slug }}.spool import (
+    Consumer,
+    Producer,
+    dead_batches,
+    replay_dead,
+)
+from {{ cookiecutter.__package_slug }}.worker import Permanent, Worker
 
 KEYS = [f"k-{n:03d}" for n in range(400)]
 
@@ -31,6 +36,10 @@ def spool_worker(reader: Any, root: Path, **settings: Any) -> Worker:
     """A worker over the spool folder `root`."""
     values = fast_settings(spool_root=str(root), **settings)
     return Worker("t", reader=reader, source=SpoolSource(values), settings=values)
+
+
+def spool_worker_with(reader: Any, settings: Any) -> Worker:
+    return Worker("t", reader=reader, source=SpoolSource(settings), settings=settings)
 
 
 def spool_is_empty(root: Path) -> bool:
@@ -75,6 +84,40 @@ async def test_a_failed_record_redelivers_its_batch(tmp_path: Path, journal: Jou
     assert ["k-013", "1"] in journal.rows()  # delivered again, as attempt 1
     assert (summary.failed, summary.succeeded) == (1, 409)
     assert spool_is_empty(tmp_path / "spool")
+
+
+async def test_a_permanent_failure_dead_letters_its_record_alone_at_once(
+    tmp_path: Path, journal: Journal
+) -> None:
+    """A reader that raises `worker.Permanent` on one record: that record goes to dead/ at once
+    (a batch of its own, with its error); its batch-mates succeeded and are acked, not run
+    again."""
+    root = tmp_path / "spool"
+    with Producer(root, max_records=3) as producer:
+        for key in ("ok1", "bad", "ok2"):
+            producer.put(f"record {key}", key=key)
+
+    async def reader(item: SpoolItem) -> None:
+        journal.add(item.key)
+        if item.key == "bad":
+            raise Permanent("bad cannot be parsed")
+
+    settings = fast_settings(spool_root=str(root), spool_max_attempts=5)
+    summary = await spool_worker_with(reader, settings).drain()
+
+    assert journal.column(0) == Counter(["ok1", "bad", "ok2"])  # each ran once
+    assert (summary.succeeded, summary.failed) == (2, 1)
+    [dead] = dead_batches(root)
+    assert dead.failures == 1
+    assert "bad: Permanent: bad cannot be parsed" in dead.error
+    with Consumer(root, fsync=False) as consumer:  # the dead batch holds the bad record only
+        assert consumer.claim(timeout=0) is None
+    assert replay_dead(root, [dead.name]) == 1
+    with Consumer(root, fsync=False) as consumer:
+        batch = consumer.claim(timeout=0)
+        assert batch is not None
+        assert [(r.key, r.data) for r in batch] == [("bad", "record bad")]
+        batch.ack()
 
 
 async def test_a_corrupt_record_costs_only_itself_and_is_counted_and_logged(

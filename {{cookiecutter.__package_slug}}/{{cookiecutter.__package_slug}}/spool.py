@@ -28,7 +28,7 @@ import traceback
 import weakref
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple, Protocol
@@ -146,6 +146,12 @@ def _frame(record: bytes | bytearray | memoryview | str, key: str | None) -> byt
         raise ValueError(f"record of {len(data)} bytes is too long: the limit is {_MAX_DATA}")
     body = _BODY.pack(len(data), len(raw_key), flags) + raw_key + data
     return _CRC.pack(zlib.crc32(body)) + body
+
+
+def _frames(records: list[Record]) -> bytes:
+    """A batch file holding ``records``, each with its key written out (so it stays the
+    same when the records move to another file)."""
+    return MAGIC + b"".join(_frame(record.data, record.key) for record in records)
 
 
 def _frame_end(buf: bytes, off: int, n: int) -> int:
@@ -809,38 +815,93 @@ class Batch:
         """True once acked, nacked or released."""
         return self._done
 
-    def ack(self) -> None:
-        """Delete the batch: it has been processed and is never delivered again."""
+    def ack(self, *, dead: Mapping[int, str] | None = None) -> None:
+        """Delete the batch: it has been processed and is never delivered again.
+
+        ``dead`` (record position -> error): records given up on, moved first to ``dead/`` as
+        a batch of their own (see :meth:`nack`).
+        """
         path = self._finish("ack")
         try:
+            if dead:
+                self._bury(dead)
             os.unlink(path)
         finally:
             _unlock_close(self._fd)
 
-    def nack(self, error: BaseException | str = "") -> None:
+    def nack(
+        self, error: BaseException | str = "", *, dead: Mapping[int, str] | None = None
+    ) -> None:
         """Return the batch to ``ready/`` with one more failed attempt (keeping its place).
 
         After ``max_attempts`` failures it moves to ``dead/`` with ``error`` written beside it.
+        ``dead`` (record position -> error): records given up on at once (their reader said
+        so): they go to ``dead/`` as a batch of their own, with their errors and their keys, and
+        the batch comes back without them.
         """
-        path = self._finish("nack")
+        path: str | None = self._finish("nack")
         consumer = self._consumer
         layout = consumer._layout
         failures = self.attempts + 1
+        copy = None
         try:
+            if dead and path is not None:
+                path, copy = self._without(dead, path)
+            if path is None:
+                return
             if failures >= consumer._max_attempts:
                 layout.dead_letter(path, self.id, failures, error, consumer._fsync)
             else:
                 os.rename(path, os.path.join(layout.ready, f"{self.id}.{failures}"))
         finally:
             _unlock_close(self._fd)
+            if copy is not None:
+                _unlock_close(copy)
 
-    def release(self) -> None:
-        """Return the batch to ``ready/`` unchanged, without counting an attempt."""
-        path = self._finish("release")
+    def release(self, *, dead: Mapping[int, str] | None = None) -> None:
+        """Return the batch to ``ready/`` without counting an attempt (without the ``dead``
+        records: see :meth:`nack`)."""
+        path: str | None = self._finish("release")
+        copy = None
         try:
-            os.rename(path, os.path.join(self._consumer._layout.ready, self._name))
+            if dead and path is not None:
+                path, copy = self._without(dead, path)
+            if path is not None:
+                os.rename(path, os.path.join(self._consumer._layout.ready, self._name))
         finally:
             _unlock_close(self._fd)
+            if copy is not None:
+                _unlock_close(copy)
+
+    def _bury(self, dead: Mapping[int, str]) -> None:
+        """Write the records at the positions in ``dead`` to ``dead/`` as a new batch: one
+        failure, each record's error in its note, the records' keys kept."""
+        layout = self._consumer._layout
+        fsync = self._consumer._fsync
+        positions = sorted(dead)
+        note = "\n".join(f"{self.records[p].key}: {_error_text(dead[p])}" for p in positions)
+        batch_id = _Stamper().next()
+        name = f"{batch_id}.1"
+        records = [self.records[position] for position in positions]
+        fd = _create_locked(layout.tmp, name, _frames(records), fsync)  # locked: recover()
+        try:  # leaves it alone until it is in dead/
+            layout.dead_letter(os.path.join(layout.tmp, name), batch_id, 1, note, fsync)
+        finally:
+            _unlock_close(fd)
+
+    def _without(self, dead: Mapping[int, str], path: str) -> tuple[str | None, int | None]:
+        """Bury the ``dead`` records, and replace the claimed file at ``path`` with a copy
+        holding the others: (the copy's path, its locked fd), or (None, None) if none is left.
+        """
+        self._bury(dead)
+        kept = [record for position, record in enumerate(self.records) if position not in dead]
+        if not kept:
+            os.unlink(path)
+            return None, None
+        layout = self._consumer._layout
+        fd = _create_locked(layout.tmp, self._name, _frames(kept), self._consumer._fsync)
+        os.unlink(path)
+        return os.path.join(layout.tmp, self._name), fd
 
     def __enter__(self) -> Batch:
         """Return self."""

@@ -4,7 +4,9 @@
 `SpoolItem`s. A batch is acked once every one of its records succeeded; if one failed, the
 batch is nacked and delivered again later (after `SPOOL_MAX_ATTEMPTS` failures it goes to
 `dead/`); if some never started because the worker stopped, it is released without counting
-an attempt. If the whole worker dies, the
+an attempt. A record whose reader raised `worker.Permanent` goes to `dead/` at once, as a batch
+of its own, and its batch goes on without it: the records that succeeded are acked with it,
+never run again because of it. If the whole worker dies, the
 `recover()` run when the next one opens the source returns its claimed batches to ready.
 Readers see each record at least once, so make them idempotent with `item.key`.
 """
@@ -48,7 +50,8 @@ class _Claim:
     consumer: Consumer
     batch: Batch
     remaining: int
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # records that may succeed another time
+    dead: dict[int, str] = field(default_factory=dict)  # position -> error: given up on
     released: bool = False
 
 
@@ -108,7 +111,9 @@ class SpoolSource(Source):
         """
         claim = self._claims[item.batch]
         claim.remaining -= 1
-        if outcome is Outcome.FAILED or outcome is Outcome.LOST:
+        if outcome is Outcome.FAILED and getattr(error, "permanent", False):
+            claim.dead[item.position] = str(error)
+        elif outcome is Outcome.FAILED or outcome is Outcome.LOST:
             claim.errors.append(f"{item.key}: {error}")
         elif outcome is Outcome.NOT_STARTED:
             claim.released = True
@@ -166,13 +171,15 @@ class SpoolSource(Source):
         return None
 
     def _finish(self, claim: _Claim) -> None:
+        """Ack, nack or release the batch; its records that failed for good go to dead/ on
+        their own first, so that the others are not run again because of them."""
         del self._claims[claim.batch.id]
         if claim.errors:
-            claim.batch.nack("; ".join(claim.errors)[:4000])
+            claim.batch.nack("; ".join(claim.errors)[:4000], dead=claim.dead)
         elif claim.released:
-            claim.batch.release()
+            claim.batch.release(dead=claim.dead)
         else:
-            claim.batch.ack()
+            claim.batch.ack(dead=claim.dead)
         self._idle.append(claim.consumer)
 
     def _consumer(self) -> Consumer:

@@ -396,6 +396,8 @@ class _WorkerProcess(asyncio.Protocol):
             self._send(encode(Kind.SUCCEEDED, done.seq, done.attempt))
         else:
             kind = Kind.TIMED_OUT if done.timed_out else Kind.FAILED
+            if getattr(error, "permanent", False):
+                kind = Kind.GAVE_UP
             self._send(encode(kind, done.seq, done.attempt, error.encode(errors="replace")))
 
     async def _read(

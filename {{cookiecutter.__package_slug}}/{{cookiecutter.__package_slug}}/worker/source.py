@@ -91,7 +91,8 @@ class Source:
         return True
 
     def settle(self, item: Any, outcome: Outcome, error: str | None) -> None:
-        """Record how `item` ended (`error` is the failure's text, else None).
+        """Record how `item` ended: `error` is None, or the failure's text, a `Failure` when
+        the item failed (`error.permanent`: the reader raised `worker.Permanent`).
 
         Called in the parent, once per item fetched, and must not block: schedule slow work
         and finish it in `close`. An exception is logged and does not stop the run.

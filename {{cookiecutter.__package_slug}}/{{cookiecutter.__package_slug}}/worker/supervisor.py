@@ -40,7 +40,7 @@ from .errors import ContextError, WorkerError, WriterError
 from .metrics import serve_metrics
 from .retry import ReaderTimeout
 from .slots import Slots, ahead, committing
-from .source import Outcome, Source
+from .source import Failure, Outcome, Source
 from .summary import Summary
 from .texts import error_text, shorten
 from .wire import Frame, FrameReader, Kind, decode_seqs, encode
@@ -464,11 +464,12 @@ class Supervisor:
         if kind == Kind.SUCCEEDED:
             self.succeeded += 1
             self._tell(self._settle(child, frame), Outcome.SUCCEEDED, None)
-        elif kind == Kind.FAILED or kind == Kind.TIMED_OUT:
+        elif kind == Kind.FAILED or kind == Kind.TIMED_OUT or kind == Kind.GAVE_UP:
             self.failed += 1
             self.timed_out += kind == Kind.TIMED_OUT
             item = self._settle(child, frame)
-            error = frame.payload.decode(errors="replace")
+            text = frame.payload.decode(errors="replace")
+            error = Failure(text, permanent=kind == Kind.GAVE_UP)
             logger.error("[%s] item failed: %s: %s", self.name, shorten(item), error)
             self._tell(item, Outcome.FAILED, error)
         elif kind == Kind.STARTED:

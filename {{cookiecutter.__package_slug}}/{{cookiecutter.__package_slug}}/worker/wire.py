@@ -32,6 +32,7 @@ class Kind(enum.IntEnum):
     TIMED_OUT = 16  # FAILED because the reader overran READER_TIMEOUT; payload: the error text
     STARTED = 17  # these items start (payload: their sequence numbers), before their readers
     SLOTS = 18  # the process's reader slots are now `seq` (adaptive slots)
+    GAVE_UP = 19  # FAILED for good (worker.Permanent): no other attempt; payload: the error
 
 
 class Frame(NamedTuple):
