@@ -43,7 +43,7 @@ FEATURE_FILES = {
     ],
     "include_redis_jobs": [
         "{slug}/sources/__init__.py",
-        "{slug}/sources/redis_jobs.py",
+        "{slug}/sources/redis_jobs",
         "tests/test_jobs.py",
         "tests/test_jobs_operations.py",
         "tests/test_jobs_foreign.py",

@@ -141,7 +141,7 @@ def test_feature_files_follow_the_flags(baked: tuple[dict[str, Any], Path]) -> N
         "include_streaming_io": "streaming.py",
         "include_bounded_queue": "bounded_queue.py",
         "include_spool": "sources/spool.py",
-        "include_redis_jobs": "sources/redis_jobs.py",
+        "include_redis_jobs": "sources/redis_jobs",
         "include_tracing": "tracing.py",
     }
     for feature, module in modules.items():

@@ -25,22 +25,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import Journal, fast_settings
 
-from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Delivery, Job, RedisJobs
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
+    Delivery,
+    Job,
+    JobsSession,
+    RedisJobs,
+)
 from {{ cookiecutter.__package_slug }}.worker import Worker
 
 
 class JournaledJobs(RedisJobs):
-    """`RedisJobs` that journals each start before recording it in Redis."""
+    """`RedisJobs` whose worker processes journal each start before recording it in Redis."""
 
     def __init__(self, journal: Journal, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.journal = journal
 
-    async def begin(self, items: Sequence[Any], state: Any) -> list[Job | Exception]:
+    def session(self) -> JournaledSession:
+        session = JournaledSession(self.settings, self.consumer, record_acks=self.record_acks)
+        session.journal = self.journal
+        return session
+
+
+class JournaledSession(JobsSession):
+    journal: Journal
+
+    async def begin(self, items: Sequence[Any]) -> list[Job | Exception]:
         for delivery in map(Delivery._make, items):
             event = "begin" if delivery.attempt else "buried"
             self.journal.add(event, delivery.job_id, self.consumer, os.getpid())
-        return await super().begin(items, state)
+        return await super().begin(items)
 
 
 def main() -> None:

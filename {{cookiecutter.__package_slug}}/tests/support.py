@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from {{ cookiecutter.__package_slug }}.settings import Settings
-from {{ cookiecutter.__package_slug }}.worker import Outcome, WriterSource
+from {{ cookiecutter.__package_slug }}.worker import Failure, Outcome, Session, WriterSource
 
 
 class Journal:
@@ -67,7 +67,7 @@ class RecordingSource(WriterSource):
         self,
         writer: Callable[..., AsyncIterator[Any]],
         settings: Settings,
-        commit: Callable[[Any, Any, str | None], Awaitable[None]] | None = None,
+        commit: Callable[[Any, str | None], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(writer, settings)
         self.outcomes: list[tuple[Any, Outcome, str | None]] = []
@@ -88,15 +88,29 @@ class RecordingSource(WriterSource):
 
 
 class CommittingSource(RecordingSource):
-    """A `RecordingSource` whose worker processes run `commit` after the reader: the test's
-    `commit(item, state, error)` for each item of a call, all at once; an item whose
-    `commit` raises fails with that error."""
+    """A `RecordingSource` with a session in its worker processes: `begin` (a hook, returning
+    the items as they are) before the reader, and after it `commit`, the test's
+    `commit(item, error)` for each item of a call, all at once; an item whose `commit`
+    raises fails with that error."""
 
-    async def commit(
-        self, done: Sequence[tuple[Any, str | None]], state: Any
-    ) -> list[Exception | None]:
-        assert self._commit is not None
-        calls = [self._commit(item, state, error) for item, error in done]
+    def session(self) -> Session:
+        return _CommittingSession(self)
+
+    async def begin(self, items: Sequence[Any]) -> Sequence[Any]:
+        return items
+
+
+class _CommittingSession(Session):
+    def __init__(self, source: CommittingSource) -> None:
+        self.source = source
+
+    async def begin(self, items: Sequence[Any]) -> Sequence[Any]:
+        return await self.source.begin(items)
+
+    async def commit(self, done: Sequence[tuple[Any, Failure | None]]) -> list[Exception | None]:
+        commit = self.source._commit
+        assert commit is not None
+        calls = [commit(item, error) for item, error in done]
         results = await asyncio.gather(*calls, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):

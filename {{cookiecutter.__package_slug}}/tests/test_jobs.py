@@ -339,15 +339,15 @@ async def test_a_job_is_acknowledged_once_and_renewal_drops_claimed_jobs(
             client.xclaim(stream, settings.jobs_group, "fast", 0, [mine[0].entry])
         await slow.renew()
         assert list(slow.leases) == [mine[1].entry]  # renewal drops the job claimed away
-        async with slow.session() as slow_state, fast.session() as fast_state:
+        async with slow.session() as slow_session, fast.session() as fast_session:
             # Both runs of the claimed job finish: the first acknowledgement counts, once.
             claimed = mine[0]._replace(deliveries=2)
-            assert await fast.acknowledge([claimed], fast_state) == ["acked"]
-            lost, acked = await slow.commit([(tuple(d), None) for d in mine], slow_state)
+            assert await fast_session.acknowledge([claimed]) == ["acked"]
+            lost, acked = await slow_session.commit([(tuple(d), None) for d in mine])
             assert isinstance(lost, JobLost)
             assert str(lost).startswith(f"job {mine[0].job_id} was acknowledged by")
             assert acked is None
-            assert await slow.acknowledge([mine[1]], slow_state) == ["not held"]  # never twice
+            assert await slow_session.acknowledge([mine[1]]) == ["not held"]  # never twice
     finally:
         await slow.close()
         await fast.close()
@@ -365,8 +365,8 @@ async def test_close_puts_jobs_back_counting_an_attempt_only_for_started_ones(
     await source.open(drain=False)
     try:
         held = [item async for item in source.fetch(3, 0)]
-        async with source.session() as state:
-            [job] = await source.begin(held[:1], state)  # its worker dies here: no outcome
+        async with source.session() as session:
+            [job] = await session.begin(held[:1])  # its worker dies here: no outcome
         assert isinstance(job, Job)
         assert (job.id, job.attempt) == (ids[0], 1)
         # The start mark was written without waiting for its reply; it is in Redis.

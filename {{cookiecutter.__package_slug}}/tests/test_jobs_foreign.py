@@ -20,8 +20,15 @@ from jobs_support import instances, jobs_worker, new_stream, settings_for, wait_
 from servers import Server, running
 from support import Journal
 
+from {{ cookiecutter.__package_slug }}.settings import Settings
 from {{ cookiecutter.__package_slug }}.sources import redis_jobs as jobs_module
-from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Job, Jobs, JobsError
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
+    Job,
+    Jobs,
+    JobsError,
+    RedisJobs,
+)
+from {{ cookiecutter.__package_slug }}.worker import Failure, Outcome, Worker
 
 TEN_MB = 10 * 1024 * 1024
 # Entries as another program could write them: fields, and the start of the dead letter's
@@ -200,8 +207,20 @@ def test_submit_refuses_what_it_cannot_store_with_jobs_error(server: Server) -> 
 
 
 @pytest.mark.timeout(60)
+class SettledJobs(RedisJobs):
+    """`RedisJobs` keeping how each job was settled (in the parent)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, consumer="c")
+        self.settled: list[tuple[Outcome, Failure | None]] = []
+
+    def settle(self, item: Any, outcome: Outcome, error: Failure | None) -> None:
+        self.settled.append((outcome, error))
+        super().settle(item, outcome, error)
+
+
 async def test_a_run_whose_entry_vanished_with_a_redis_restart_says_so(
-    tmp_path: Path, journal: Journal, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, journal: Journal
 ) -> None:
     flag = tmp_path / "go"
     for folder in ("r1", "r2"):
@@ -220,13 +239,15 @@ async def test_a_run_whose_entry_vanished_with_a_redis_restart_says_so(
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
 
-        drain = asyncio.ensure_future(jobs_worker(settings, reader).drain())
+        source = SettledJobs(settings)
+        worker = Worker("t", reader, settings=settings, source=source)
+        drain = asyncio.ensure_future(worker.drain())
         await wait_for(lambda: journal.column(0)["started"] == 1, 30, "the job to start")
     with running("redis", tmp_path / "r2", port=port):  # no persistence: the stream is gone
         flag.touch()
         summary = await asyncio.wait_for(drain, 30)
     assert (summary.succeeded, summary.failed) == (0, 1)
-    failures = [r.getMessage() for r in caplog.records if "item failed" in r.getMessage()]
-    assert len(failures) == 1, failures
-    assert "its stream entry is gone: deleted, or lost when Redis restarted" in failures[0]
-    assert "another consumer" not in failures[0]
+    [(outcome, error)] = source.settled
+    assert outcome is Outcome.FAILED
+    assert "ran, but its stream entry is gone: deleted, or lost when Redis restarted" in str(error)
+    assert "another consumer" not in str(error)

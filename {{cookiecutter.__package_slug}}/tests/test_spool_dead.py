@@ -44,7 +44,7 @@ async def test_dead_batches_listed_replayed_once_from_two_processes_and_purged(
     assert buried.failed == 50
     gauges = await source.gauges()  # each dead batch once, not with its error note
     assert (gauges["waiting"], gauges["pending"], gauges["dead_letters"]) == (0, 0, 50)
-    [stats] = [c for c in source.commands() if getattr(c, "__name__", "") == "stats"]
+    [stats] = [c for c in source.cli().commands() if getattr(c, "__name__", "") == "stats"]
     printed = CliRunner().invoke(typer_app(stats), [])
     assert json.loads(printed.output)["dead"] == 50, printed.output
 
@@ -76,7 +76,7 @@ def test_dead_commands(tmp_path: Path) -> None:
         for n in range(3):
             producer.put(f"record {n}")
     source = SpoolSource(fast_settings(spool_root=str(root), spool_max_attempts=1))
-    [dead] = [command for command in source.commands() if isinstance(command, typer.Typer)]
+    [dead] = [command for command in source.cli().commands() if isinstance(command, typer.Typer)]
     for name in sorted(p.name for p in (root / "ready").iterdir()):  # dead-letter them by hand
         (root / "ready" / name).rename(root / "dead" / name)
         (root / "dead" / f"{name}.error").write_text("failed 1 time(s); last error:\nboom\n")

@@ -147,7 +147,7 @@ async def test_with_a_commit_step_unread_items_still_spread_over_the_processes(
         journal.add(item, os.getpid())
         await asyncio.sleep(0.05)
 
-    async def commit(item: int, state: Any, error: str | None) -> None:
+    async def commit(item: int, error: str | None) -> None:
         await asyncio.sleep(0)
 
     # One slot per process: each may hold 2 items not read yet (and more that are committing),

@@ -120,7 +120,7 @@ async def test_a_crash_costs_only_the_item_that_causes_it_and_the_process_is_rep
 class RefusingSource(CommittingSource):
     """Begins items in batches, refusing odd ones (and failing a whole batch with 10 in it)."""
 
-    async def begin(self, items: Sequence[Any], state: Any) -> list[Any]:
+    async def begin(self, items: Sequence[Any]) -> list[Any]:
         if 10 in items:
             raise RuntimeError("begin broke")
         return [ValueError(f"refused {item}") if item % 2 else item for item in items]
@@ -132,7 +132,7 @@ async def test_items_begin_refuses_fail_without_running_and_still_reach_commit(
     async def reader(item: int) -> None:
         journal.add("read", item)
 
-    async def commit(item: int, state: Any, error: str | None) -> None:
+    async def commit(item: int, error: str | None) -> None:
         journal.add("commit", item, error or "ok")
 
     settings = fast_settings(num_processes=2)
@@ -168,7 +168,7 @@ async def test_commit_runs_in_the_worker_process_after_the_reader_outside_its_sl
         if item == 3:
             raise ValueError("three")
 
-    async def commit(item: int, state: Any, error: str | None) -> None:
+    async def commit(item: int, error: str | None) -> None:
         if item < 5:  # one reader slot, yet the next item's reader runs while this commits
             await asyncio.wait_for(event(item + 1).wait(), 10)
         journal.add(item, error or "ok", os.getpid())

@@ -2,10 +2,11 @@
 
 Each reader call (each try, retries included) runs in a span `<worker name> item` of kind
 CONSUMER in its worker process, with the attributes `worker.item.id`, `worker.item.attempt`
-(the try, from 1), `worker.item.outcome` (succeeded, failed or timed_out) and, for a Redis
-job, `worker.job.attempt` (`Job.attempt`); a failure sets the status to ERROR with its text.
-Its parent is the span that enqueued the item: the submitter's, carried in the job
-(`Job.traceparent`), or else the span current in the parent process when the source handed the
+(the try, from 1), `worker.item.outcome` (succeeded, failed or timed_out) and, where the source
+counts attempts (a Redis job), `worker.job.attempt`; a failure sets the status to ERROR with its
+text. The id and attempt are what the source knows of the item (`worker.ItemInfo`). Its parent
+is the span that enqueued the item: the submitter's, as the source knows it (a Redis job's
+`traceparent`), or else the span current in the parent process when the source handed the
 item over (a writer that opens a span around each `yield`).
 
 The tracer is set up after the fork, in each worker process, and flushed before the process
@@ -23,7 +24,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from .worker import ItemInfo
 from .worker.retry import ReaderTimeout
 from .worker.texts import error_text
 
@@ -142,24 +143,21 @@ class Tracing:
             trace.set_tracer_provider(provider)
 
     @contextmanager
-    def span(self, item: Any, item_id: object, attempt: int, carrier: bytes) -> Iterator[Span]:
-        """The span of one try of the reader on `item` (see the module docstring)."""
+    def span(self, info: ItemInfo, seq: int, attempt: int, carrier: bytes) -> Iterator[Span]:
+        """The span of one try of the reader on an item (see the module docstring)."""
         assert self._tracer is not None, "process_started() was not called"
-        traceparent = getattr(item, "traceparent", None)
-        if isinstance(traceparent, str) and traceparent:
-            parent = propagate.extract({"traceparent": traceparent}, context=Context())
+        if info.traceparent:
+            parent = propagate.extract({"traceparent": info.traceparent}, context=Context())
         elif carrier:
             parent = propagate.extract(json.loads(carrier), context=Context())
         else:
             parent = Context()  # a root span
-        own_id = getattr(item, "id", None)
         attributes: dict[str, str | int] = {
-            "worker.item.id": str(own_id if own_id is not None else item_id),
+            "worker.item.id": info.id if info.id is not None else str(seq),
             "worker.item.attempt": attempt,
         }
-        run = getattr(item, "attempt", None)
-        if isinstance(run, int):
-            attributes["worker.job.attempt"] = run
+        if info.attempt is not None:
+            attributes["worker.job.attempt"] = info.attempt
         with self._tracer.start_as_current_span(
             f"{self._name} item",
             context=parent,

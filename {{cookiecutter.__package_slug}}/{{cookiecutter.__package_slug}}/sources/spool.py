@@ -28,7 +28,7 @@ import typer
 
 from ..settings import Settings
 from ..spool import Batch, Consumer, Producer, dead_batches, purge_dead, recover, replay_dead
-from ..worker import Outcome, Source
+from ..worker import Failure, Outcome, Source, SourceCli
 from ..worker.dead_letters import DeadLetter, dead_letter_commands
 
 # Batches waiting, held by a consumer, given up on; and bytes of records set aside as corrupt.
@@ -102,7 +102,7 @@ class SpoolSource(Source):
         recover(self.root, max_attempts=self.max_attempts)
         return not _entries(self.root / "ready") and not _entries(self.root / "claimed")
 
-    def settle(self, item: SpoolItem, outcome: Outcome, error: str | None) -> None:
+    def settle(self, item: SpoolItem, outcome: Outcome, error: Failure | None) -> None:
         """Count the record's outcome; finish its batch when it was the last one.
 
         The batch is acked if all its records succeeded, nacked (one more failed attempt)
@@ -129,6 +129,41 @@ class SpoolSource(Source):
         for consumer in self._idle:
             consumer.close()
         self._idle.clear()
+
+    def cli(self) -> SpoolCli:
+        """`submit` (publish one batch), `stats` and `dead` (list, replay, purge), and the
+        health check."""
+        return SpoolCli(self.root, self.max_attempts)
+
+    async def gauges(self) -> dict[str, float]:
+        """Batches waiting (ready), pending (claimed) and dead, and records set aside as
+        corrupt, as `qq stats` counts them."""
+        counts = [len(_entries(self.root / name)) for name in FOLDERS]
+        names = ("waiting", "pending", "dead_letters", "corrupt")
+        return dict(zip(names, counts, strict=True))
+
+    def _finish(self, claim: _Claim) -> None:
+        """Ack, nack or release the batch; its records that failed for good go to dead/ on
+        their own first, so that the others are not run again because of them."""
+        del self._claims[claim.batch.id]
+        if claim.errors:
+            claim.batch.nack("; ".join(claim.errors)[:4000], dead=claim.dead)
+        elif claim.released:
+            claim.batch.release(dead=claim.dead)
+        else:
+            claim.batch.ack(dead=claim.dead)
+        self._idle.append(claim.consumer)
+
+    def _consumer(self) -> Consumer:
+        return Consumer(self.root, max_attempts=self.max_attempts)
+
+
+class SpoolCli(SourceCli):
+    """The command-line part of `SpoolSource`."""
+
+    def __init__(self, root: Path, max_attempts: int) -> None:
+        self.root = root
+        self.max_attempts = max_attempts
 
     def commands(self) -> list[Callable[..., None] | typer.Typer]:
         """`submit` (publish one batch), `stats` and `dead` (list, replay, purge)."""
@@ -157,33 +192,11 @@ class SpoolSource(Source):
         dead = dead_letter_commands(lambda: nullcontext(_DeadBatches(root)), where, (OSError,))
         return [submit, stats, dead]
 
-    async def gauges(self) -> dict[str, float]:
-        """Batches waiting (ready), pending (claimed) and dead, and records set aside as
-        corrupt, as `qq stats` counts them."""
-        counts = [len(_entries(self.root / name)) for name in FOLDERS]
-        names = ("waiting", "pending", "dead_letters", "corrupt")
-        return dict(zip(names, counts, strict=True))
-
     def check(self) -> str | None:
         """The spool folder must exist and be writable."""
         if not os.access(self.root, os.W_OK | os.X_OK):
             return f"spool folder {str(self.root)!r} (SPOOL_ROOT) is missing or not writable"
         return None
-
-    def _finish(self, claim: _Claim) -> None:
-        """Ack, nack or release the batch; its records that failed for good go to dead/ on
-        their own first, so that the others are not run again because of them."""
-        del self._claims[claim.batch.id]
-        if claim.errors:
-            claim.batch.nack("; ".join(claim.errors)[:4000], dead=claim.dead)
-        elif claim.released:
-            claim.batch.release(dead=claim.dead)
-        else:
-            claim.batch.ack(dead=claim.dead)
-        self._idle.append(claim.consumer)
-
-    def _consumer(self) -> Consumer:
-        return Consumer(self.root, max_attempts=self.max_attempts)
 
 
 class _DeadBatches:

@@ -7,7 +7,7 @@ from .errors import ContextError, SignatureError, WorkerError, WriterError
 from .instrument import Instrument
 from .retry import Permanent, ReaderTimeout, RetryAfter
 from .runner import Worker
-from .source import Failure, Outcome, Source, SourceUnavailable
+from .source import Failure, ItemInfo, Outcome, Session, Source, SourceCli, SourceUnavailable
 from .summary import Summary
 from .writer_source import WriterSource
 
@@ -15,12 +15,15 @@ __all__ = [
     "ContextError",
     "Failure",
     "Instrument",
+    "ItemInfo",
     "Outcome",
     "Permanent",
     "ReaderTimeout",
     "RetryAfter",
+    "Session",
     "SignatureError",
     "Source",
+    "SourceCli",
     "SourceUnavailable",
     "Summary",
     "Worker",

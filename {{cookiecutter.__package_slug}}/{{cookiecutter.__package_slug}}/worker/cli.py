@@ -25,7 +25,7 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
     """Parse `argv` and run the command; exits the process with the command's status.
 
     The commands are the runtime's (`serve`, the default, `drain`, `health`) and the ones
-    its source adds (`Source.commands`, e.g. `submit` and `stats`).
+    its source adds (`Source.cli().commands()`, e.g. `submit` and `stats`).
     """
     app = typer.Typer(add_completion=False, help=f"Run the {worker.name} worker.")
 
@@ -54,12 +54,12 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
             problem: str | None = f"{name} is 0: the health check needs the metrics server"
         else:
             problem = probe(settings.metrics_host, settings.metrics_port)
-        problem = problem or worker.source.check()
+        problem = problem or worker.source.cli().check()
         if problem is not None:
             typer.echo(f"unhealthy: {problem}", err=True)
             raise typer.Exit(1)
 
-    for command in worker.source.commands():
+    for command in worker.source.cli().commands():
         if isinstance(command, typer.Typer):
             app.add_typer(command)
         else:

@@ -3,14 +3,17 @@ four methods (the project's `tracing.py` is one, for OpenTelemetry).
 
 Without one (the default) the runtime does nothing more per item than check that it is None.
 With one, the parent asks it for the trace context current when it accepts an item (inside the
-writer's span, say), sends that along with the item, and each worker process runs each reader
-call (each try: retries included) inside the span it opens.
+writer's span, say), sends that along with the item (a field of its frame), and each worker
+process runs each reader call (each try: retries included) inside the span it opens, with what
+the source knows of the item (`ItemInfo`: its id, attempt and the context it was enqueued in).
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Protocol
+
+from .source import ItemInfo
 
 
 class Instrument(Protocol):
@@ -18,7 +21,7 @@ class Instrument(Protocol):
 
     def carrier(self) -> bytes:
         """In the parent, when an item is accepted from the source: the trace context current
-        there, as bytes without a newline (b"" for none). It travels with the item."""
+        there, as bytes (b"" for none). It travels with the item."""
         ...
 
     def process_started(self, name: str) -> None:
@@ -27,10 +30,10 @@ class Instrument(Protocol):
         ...
 
     def span(
-        self, item: Any, item_id: object, attempt: int, carrier: bytes
+        self, info: ItemInfo, seq: int, attempt: int, carrier: bytes
     ) -> AbstractContextManager[object]:
-        """In a worker process, around one reader call: `item` as the reader gets it,
-        `item_id` the runtime's number for it, `attempt` counting from 1 the tries of this
+        """In a worker process, around one reader call: `info` what the source knows of the
+        item, `seq` the runtime's number for it, `attempt` counting from 1 the tries of this
         run, `carrier` what `carrier()` returned for it. The reader's exception, if any,
         passes through the context manager (which must not swallow it)."""
         ...

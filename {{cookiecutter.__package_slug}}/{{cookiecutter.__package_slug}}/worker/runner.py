@@ -7,12 +7,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..settings import Settings
 from .calls import check_context, check_reader
 from .child import ReaderPlan
 from .errors import SignatureError
 from .instrument import Instrument
 from .metrics import Metrics, create_metrics
+from .settings import WorkerSettings
 from .slots import Slots
 from .source import Source
 from .summary import Summary
@@ -39,7 +39,7 @@ class Worker:
         reader: Callable[..., Any],
         writer: Callable[..., Any] | None = None,
         context: Callable[..., Any] | None = None,
-        settings: Settings | None = None,
+        settings: WorkerSettings | None = None,
         *,
         source: Source | None = None,
         tracing: Instrument | None = None,
@@ -48,7 +48,7 @@ class Worker:
         self.reader = reader
         self.writer = writer
         self.context = context
-        self.settings = settings if settings is not None else Settings()
+        self.settings = settings if settings is not None else WorkerSettings()
         self._reader_takes = check_reader(reader)
         check_context(context)
         if source is not None and writer is not None:
@@ -90,14 +90,16 @@ class Worker:
     ) -> Supervisor:
         settings = self.settings
         source = self.source
+        is_async = inspect.iscoroutinefunction(self.reader)
         slots = Slots.for_reader(
-            inspect.iscoroutinefunction(self.reader),
+            is_async,
             settings.concurrent_tasks_per_process,
             settings.max_concurrent_tasks_per_process,
         )
         plan = ReaderPlan(
             reader=self.reader,
             reader_takes=self._reader_takes,
+            is_async=is_async,
             context=self.context,
             settings=settings,
             slots=slots,

@@ -3,16 +3,18 @@
 A sync reader has one slot: it blocks its process. An async reader has
 CONCURRENT_TASKS_PER_PROCESS slots when that is set; unset (0, the default), its slots follow
 the work. They start at 16. While items wait for a slot they grow toward the number that would
-keep the process's CPU 80% busy, at most 8 times as many at once (from 20% busy, 4 times); they
-shrink by a fifth when the CPU is over 95% busy or the event loop is 50 ms late; never below 16
-nor above MAX_CONCURRENT_TASKS_PER_PROCESS (5,000). The process decides 5 ms after items start
-to wait and after each growth, else every 25 ms while it has work. A reader that waits on calls
-thus has enough slots to hide its waits within tens of milliseconds; one that computes keeps 16.
+keep the process 80% busy (running on a CPU, or waiting for one: `cpu_demand`), at most 8 times
+as many at once (from 20% busy, 4 times); they shrink by a fifth when it is over 95% busy or
+the event loop is 50 ms late; never below 16 nor above MAX_CONCURRENT_TASKS_PER_PROCESS (5,000).
+The process decides 5 ms after items start to wait and after each growth, else every 25 ms
+while it has work. A reader that waits on calls thus has enough slots to hide its waits within
+tens of milliseconds; one that computes keeps 16.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 FLOOR = 16  # the slots an adaptive process starts with and never goes below
@@ -20,7 +22,7 @@ TICK = 0.025  # seconds between two decisions of an adaptive process
 TICK_GROWING = 0.005  # ... when items start to wait, or it grew: a waiting reader ramps fast
 AHEAD_MAX = 32  # items a process holds that have not started: one per slot, at most this
 COMMITTING_MAX = 224  # items a process may hold whose readers are done, still committing
-BUSY_TARGET = 0.8  # the share of one CPU that growing aims at
+BUSY_TARGET = 0.8  # the share of the time the process wants a CPU that growing aims at
 BUSY_HIGH = 0.95  # over this share, the slots shrink
 GROW_MAX = 8  # the most the slots grow in one tick
 LAG_HIGH = 0.05  # seconds the event loop may be late before the slots shrink
@@ -63,11 +65,24 @@ def committing(limit: int) -> int:
 
 def next_limit(slots: Slots, limit: int, *, waiting: bool, busy: float, lag: float) -> int:
     """The slots for the next tick of an adaptive process, from this tick's measurements:
-    `waiting` (every slot was taken and items waited for one), `busy` (the share of one CPU
-    the process used) and `lag` (seconds the event loop was late)."""
+    `waiting` (every slot was taken and items waited for one), `busy` (the share of the time
+    the process ran on a CPU or waited for one: `cpu_demand`) and `lag` (seconds the event
+    loop was late)."""
     if lag > LAG_HIGH or busy > BUSY_HIGH:
         return max(slots.floor, limit - limit // 5)
     if not waiting or busy >= BUSY_TARGET:
         return limit
     factor = BUSY_TARGET / max(busy, BUSY_TARGET / GROW_MAX)
     return min(slots.ceiling, max(limit + 1, math.ceil(limit * factor)))
+
+
+def cpu_demand() -> float:
+    """Seconds this process has run on a CPU or waited for one (Linux's
+    /proc/self/schedstat), so that a process slowed down by others' load still counts as
+    busy; where that file is missing, its CPU time."""
+    try:
+        with open("/proc/self/schedstat", "rb") as stats:
+            ran, waited = stats.read().split()[:2]
+    except (OSError, ValueError):
+        return time.process_time()
+    return (int(ran) + int(waited)) / 1e9

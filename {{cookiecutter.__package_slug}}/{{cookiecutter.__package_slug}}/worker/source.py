@@ -1,26 +1,31 @@
-"""The one seam between the runtime and where items come from: the `Source` protocol.
+"""The one seam between the runtime and where items come from, split by where it runs.
 
-The runtime (`Worker`) never knows what a source is. In the parent process it opens the
-source, fetches items from it, and settles every item it fetched exactly once, with how it
-ended. In each worker process it may let the source prepare items before the reader runs
-(`begin`) and acknowledge them after (`commit`), many in one call, so that durable sources
-acknowledge close to the work, in parallel, without a round trip through the parent. Every
-source plugs in this way: the writer function (`WriterSource`, the default), the spool folder
-and Redis Streams (in `sources/`).
+- `Source`, in the parent process: the runtime opens it, fetches items from it, settles every
+  item it fetched exactly once with how it ended, and closes it.
+- `Session`, in each worker process: `Source.session()` makes one per process (or None, the
+  default: the source needs nothing there). It owns its own connections and state; the
+  runtime lets it prepare items before the reader runs (`begin`) and acknowledge them after
+  (`commit`), many in one call, so that durable sources acknowledge close to the work.
+- `SourceCli`, in the command line: `Source.cli()` gives the commands it adds (`submit`,
+  `stats`, `dead`) and what `qq health` checks.
 
-Subclass `Source` and override what you need; every method has a working default.
+Every source plugs in this way: the writer function (`WriterSource`, the default), the spool
+folder and Redis Streams (in `sources/`). Subclass what you need; every method has a working
+default. docs/worker.md has a complete source in about 40 lines.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .errors import WorkerError
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     import typer
 
 
@@ -28,14 +33,14 @@ class Outcome(enum.Enum):
     """How one item ended; `Source.settle` gets exactly one per fetched item."""
 
     SUCCEEDED = "succeeded"  # the reader returned, and `commit` (if any) did too
-    FAILED = "failed"  # the reader raised on its last try, or `begin` / `commit` raised
+    FAILED = "failed"  # the reader raised on its last try, or `begin` / `commit` refused it
     NOT_STARTED = "not_started"  # handed back at shutdown: the reader never saw it
     LOST = "lost"  # its worker process died holding it: it may or may not have started
 
 
 class Failure(str):
-    """The text of an item's failure, as `commit` gets it; `permanent` is True when the reader
-    raised `worker.Permanent`: a source should not try the item again."""
+    """The text of an item's failure; `permanent` is True when no other attempt can succeed
+    (the reader raised `worker.Permanent`, or `begin` refused the item with one)."""
 
     permanent: bool = False
 
@@ -49,14 +54,80 @@ class SourceUnavailable(WorkerError):
     """The source cannot be reached; the message names it (never a password) and the limit."""
 
 
+@dataclass(frozen=True)
+class ItemInfo:
+    """What a source knows of an item, for its span (docs/tracing.md): its own id, the
+    attempt this run is by the source's count, and the W3C trace context of the span that
+    enqueued it. None where the source does not know."""
+
+    id: str | None = None
+    attempt: int | None = None
+    traceparent: str | None = None
+
+
+class Session:
+    """The part of a source in one worker process: an async context manager, entered once
+    after the fork and left before the process exits. It holds its own state (connections,
+    pipelines) as attributes.
+
+    `begin` runs before the reader, once for the items that start together; `commit` after
+    it, once for the items whose readers ended together, outside the reader's slots (the next
+    items start meanwhile). A failed item is committed alone, so a session may wait there (a
+    retry backoff) without holding others.
+    """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def begin(self, items: Sequence[Any]) -> Sequence[Any]:
+        """Return, per item and in order, what its reader gets, or an `Exception` instance:
+        that item then fails with it and its reader does not run (for good, without another
+        attempt, if it is a `worker.Permanent`). If it raises, every item of the call fails
+        with that error."""
+        return items
+
+    async def commit(
+        self, done: Sequence[tuple[Any, Failure | None]]
+    ) -> Sequence[Exception | None]:
+        """Acknowledge items whose readers ended: `done` holds (item, failure or None) pairs.
+        Return, per item and in order, None (that outcome stands) or an `Exception` (the item
+        fails with it). If it raises, every item of the call fails with that error."""
+        return [None] * len(done)
+
+    def describe(self, item: Any) -> ItemInfo:
+        """What this source knows of `item` (as fetched), for tracing and logs."""
+        return ItemInfo()
+
+
+class SourceCli:
+    """The part of a source in the command line (`python -m <package>.qq ...`)."""
+
+    def commands(self) -> list[Callable[..., None] | typer.Typer]:
+        """Extra commands: typer command functions (e.g. `submit`, `stats`) or command
+        groups (a `typer.Typer` with a name, e.g. `dead`)."""
+        return []
+
+    def check(self) -> str | None:
+        """For `qq health`, from another process: a problem reaching the source, or None."""
+        return None
+
+
 class Source:
-    """Where a worker's items come from, and where their outcomes go.
+    """Where a worker's items come from, and where their outcomes go (see the module
+    docstring for the parts that run in the worker processes and the command line).
 
     Parent process, in this order: `open`, then `fetch` (repeatedly) and `settle` (once per
     fetched item, in the order outcomes arrive), `finished` when a drain has nothing left to
-    run, and `close` last, always, after every item was settled. Worker processes: `session`
-    once per process, around the user's context, then `begin` and `commit` around the reader
-    calls (each for many items at once) when the source overrides them.
+    run, and `close` last, always, after every item was settled. `gauges` at each scrape of
+    the metrics page.
     """
 
     #: True when items are leases on durable storage (a spool, a stream): the runtime then
@@ -90,9 +161,9 @@ class Source:
         """
         return True
 
-    def settle(self, item: Any, outcome: Outcome, error: str | None) -> None:
-        """Record how `item` ended: `error` is None, or the failure's text, a `Failure` when
-        the item failed (`error.permanent`: the reader raised `worker.Permanent`).
+    def settle(self, item: Any, outcome: Outcome, error: Failure | None) -> None:
+        """Record how `item` ended: `error` is None, or its failure (`error.permanent`: no
+        other attempt can succeed).
 
         Called in the parent, once per item fetched, and must not block: schedule slow work
         and finish it in `close`. An exception is logged and does not stop the run.
@@ -100,46 +171,6 @@ class Source:
 
     async def close(self) -> None:
         """Release what is held (put not-started items back) and disconnect. Always called."""
-
-    def session(self) -> AbstractAsyncContextManager[Any]:
-        """In each worker process, once: open what `begin` and `commit` need (its `state`)."""
-        return nullcontext()
-
-    async def begin(self, items: Sequence[Any], state: Any) -> Sequence[Any]:
-        """In a worker process, before the reader, once for the items that start together:
-        return, per item and in order, what its reader gets, or an `Exception` instance: that
-        item then fails with it and its reader does not run (for good, without another
-        attempt, if it is a `worker.Permanent`).
-
-        If it raises, every item of the call fails with that error. Only called if a subclass
-        overrides it.
-        """
-        return items
-
-    async def commit(
-        self, done: Sequence[tuple[Any, str | None]], state: Any
-    ) -> Sequence[Exception | None]:
-        """In a worker process, after the reader: `done` holds (item, error) pairs, the error
-        being its failure's text (a `Failure` when the reader raised; `begin`'s refusal for an
-        item whose reader did not run) or None. Return, per item and in order, None (that
-        outcome stands) or an `Exception` (the item fails with it).
-
-        The items that succeed while a previous call runs come together in the next call; an
-        item that failed comes alone, so a source may wait there (a retry backoff) without
-        holding others. Runs outside the reader's slots, so the next items start meanwhile.
-        If it raises, every item of the call fails with that error. Only called if a subclass
-        overrides it.
-        """
-        return [None] * len(done)
-
-    def commands(self) -> list[Callable[..., None] | typer.Typer]:
-        """Extra command-line commands: typer command functions (e.g. `submit`, `stats`) or
-        command groups (a `typer.Typer` with a name, e.g. `dead`)."""
-        return []
-
-    def check(self) -> str | None:
-        """For `qq health`, from another process: a problem reaching the source, or None."""
-        return None
 
     async def gauges(self) -> Mapping[str, float]:
         """Counts for the metrics page, read in the parent at each scrape: each `key: value`
@@ -150,12 +181,11 @@ class Source:
         """
         return {}
 
-    @property
-    def commits(self) -> bool:
-        """True when this source overrides `commit` (the runtime then runs it per item)."""
-        return type(self).commit is not Source.commit
+    def session(self) -> Session | None:
+        """In each worker process, once, after the fork: this source's `Session`, or None
+        when it needs nothing there (the default: items go straight to the reader)."""
+        return None
 
-    @property
-    def begins(self) -> bool:
-        """True when this source overrides `begin`."""
-        return type(self).begin is not Source.begin
+    def cli(self) -> SourceCli:
+        """The commands this source adds to the command line, and its health check."""
+        return SourceCli()

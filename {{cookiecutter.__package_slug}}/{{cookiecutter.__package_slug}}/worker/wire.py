@@ -1,8 +1,9 @@
 """The frames a parent and its worker processes exchange over one socket pair.
 
-A frame is a fixed header (kind, sequence number, attempts, payload length) followed by the
-payload: a pickled item on the way to a worker process (with tracing, after its trace
-carrier and a newline), an error text on the way back.
+A frame is a fixed header (kind, sequence number, attempts, payload length, carrier length)
+followed by the carrier, then the payload. An item on its way to a worker process carries
+its pickled self as the payload and, with tracing, the trace context it was fetched in as the
+carrier; on the way back the payload is an error text, or sequence numbers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import enum
 import struct
 from typing import NamedTuple
 
-HEADER = struct.Struct("!BQHI")
+HEADER = struct.Struct("!BQHIH")
 
 
 class Kind(enum.IntEnum):
@@ -27,8 +28,7 @@ class Kind(enum.IntEnum):
     FAILED = 12  # payload: the error text
     NOT_STARTED = 13  # handed back at STOP
     CONTEXT_FAILED = 14  # payload: the error text; the process exits
-    READ = 15  # with a commit step: the reader is done with these items (payload: their
-    # sequence numbers, see `encode_seqs`), their commits run
+    READER_DONE = 15  # these items' readers ended, their commits run (payload: their seqs)
     TIMED_OUT = 16  # FAILED because the reader overran READER_TIMEOUT; payload: the error text
     STARTED = 17  # these items start (payload: their sequence numbers), before their readers
     SLOTS = 18  # the process's reader slots are now `seq` (adaptive slots)
@@ -42,11 +42,14 @@ class Frame(NamedTuple):
     seq: int
     attempts: int
     payload: bytes
+    carrier: bytes
 
 
-def encode(kind: Kind, seq: int = 0, attempts: int = 0, payload: bytes = b"") -> bytes:
+def encode(
+    kind: Kind, seq: int = 0, attempts: int = 0, payload: bytes = b"", carrier: bytes = b""
+) -> bytes:
     """Return the bytes of one frame."""
-    return HEADER.pack(kind, seq, attempts, len(payload)) + payload
+    return HEADER.pack(kind, seq, attempts, len(payload), len(carrier)) + carrier + payload
 
 
 def encode_seqs(kind: Kind, seqs: list[int]) -> bytes:
@@ -72,11 +75,13 @@ class FrameReader:
         frames: list[Frame] = []
         position, size, header = 0, len(buffer), HEADER.size
         while size - position >= header:
-            kind, seq, attempts, length = HEADER.unpack_from(buffer, position)
-            end = position + header + length
+            kind, seq, attempts, length, carried = HEADER.unpack_from(buffer, position)
+            start = position + header
+            end = start + carried + length
             if end > size:
                 break
-            frames.append(Frame(kind, seq, attempts, bytes(buffer[position + header : end])))
+            carrier = bytes(buffer[start : start + carried]) if carried else b""
+            frames.append(Frame(kind, seq, attempts, bytes(buffer[start + carried : end]), carrier))
             position = end
         del buffer[:position]
         return frames

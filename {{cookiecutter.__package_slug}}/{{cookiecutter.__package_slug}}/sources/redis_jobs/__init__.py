@@ -1,0 +1,67 @@
+"""Jobs in a Redis stream, shared by worker instances on many machines (docs/scaling.md).
+
+- `submit(payload, key=None)` / `submit_many(payloads)` (or a `Jobs` client) add JSON jobs to
+  the project's stream from any program; `qq submit '<json>'` from a shell.
+- `RedisJobs(settings)` is the `Source` that reads the stream through a consumer group: pass it
+  as `Worker(..., source=RedisJobs(settings))`. Each job goes to one consumer (one per worker
+  instance); jobs left pending by an instance that died are claimed after `JOBS_CLAIM_IDLE`
+  seconds; an idle instance waits on a blocking read, so a new job starts at once.
+
+Attempts: a job's attempt counts only runs that started (the worker process records the start
+in Redis before the reader runs). A job that was fetched but never started, because its
+instance stopped or crashed, goes back without an attempt counted. A run that failed, or whose
+worker died after it started, counts one; past `JOBS_MAX_ATTEMPTS` the job moves to the
+dead-letter stream with its error (a job whose workers died goes there when next fetched).
+
+A job is acknowledged once (XACK tells whether this call removed it from the pending list):
+if a job was claimed away from a stalled instance and both runs finish, the first to
+acknowledge counts and the other is reported as `JobLost`. One success per job, even if a
+reader ran twice.
+
+The package is split by where each part runs: `feed.py` (the source, in the parent process),
+`session.py` (each worker process), `commands.py` (the command line), `client.py` (the
+blocking client any program uses), `model.py` (jobs and entries), and `scripts.py` with the Lua
+scripts in `lua/`.
+"""
+
+from .client import (
+    Jobs,
+    acked_name,
+    connect,
+    connect_async,
+    dead_name,
+    scheduled_name,
+    starts_name,
+    stream_name,
+    submit,
+    submit_many,
+    wake_name,
+)
+from .commands import JobsCli
+from .feed import RedisJobs
+from .model import Delivery, Job, JobFailed, JobLost, JobsError, JobStats, MalformedJob
+from .session import JobsSession
+
+__all__ = [
+    "Delivery",
+    "Job",
+    "JobFailed",
+    "JobLost",
+    "JobStats",
+    "Jobs",
+    "JobsCli",
+    "JobsError",
+    "JobsSession",
+    "MalformedJob",
+    "RedisJobs",
+    "acked_name",
+    "connect",
+    "connect_async",
+    "dead_name",
+    "scheduled_name",
+    "starts_name",
+    "stream_name",
+    "submit",
+    "submit_many",
+    "wake_name",
+]

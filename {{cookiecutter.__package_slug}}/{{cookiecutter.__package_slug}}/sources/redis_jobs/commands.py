@@ -1,0 +1,100 @@
+"""The jobs stream's commands: `qq submit`, `qq stats`, `qq dead ...`, and `qq health`'s
+check (`JobsCli`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+
+import redis
+import typer
+
+from ...settings import Settings
+from ...worker import SourceCli
+from ...worker.dead_letters import dead_letter_commands
+from .client import Jobs, dead_name
+from .model import JobsError
+
+_QUOTE_HINT = "; a string is quoted in JSON: '\"%s\"'"
+
+
+class JobsCli(SourceCli):
+    """The command-line part of `RedisJobs`."""
+
+    def __init__(self, settings: Settings, stream: str) -> None:
+        self.settings = settings
+        self.stream = stream
+
+    def commands(self) -> list[Callable[..., None] | typer.Typer]:
+        """`submit`, `stats` and `dead` (list, replay, purge)."""
+        settings = self.settings
+        at_redis = f"Redis at {settings.jobs_redis_url} (JOBS_REDIS_URL)"
+
+        @contextmanager
+        def one_line_errors() -> Iterator[None]:
+            """A refusal or an unreachable Redis ends the command with one line, exit 2."""
+            try:
+                yield
+            except JobsError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            except redis.RedisError as exc:
+                typer.echo(f"error: {at_redis}: {exc}", err=True)
+                raise typer.Exit(2) from None
+
+        def submit(
+            payloads: list[str] = typer.Argument(..., help="JSON payloads; '-' reads JSON lines."),  # noqa: B008
+            key: str | None = typer.Option(None, help="Skip the job if this key was submitted."),
+            delay: float | None = typer.Option(
+                None, min=0, help="Run the jobs this many seconds from now, not before."
+            ),
+        ) -> None:
+            """Add jobs to the Redis stream; print their ids."""
+            texts: list[str] = []
+            for text in payloads:
+                texts += (
+                    [line for line in sys.stdin.read().splitlines() if line.strip()]
+                    if text == "-"
+                    else [text]
+                )
+            values = []
+            for text in texts:
+                try:
+                    values.append(json.loads(text))
+                except ValueError as exc:
+                    hint = "" if text.lstrip()[:1] in ("{", "[", '"') else _QUOTE_HINT % text
+                    typer.echo(f"error: payload {text!r} is not JSON ({exc}){hint}", err=True)
+                    raise typer.Exit(2) from None
+            if key is not None and len(values) != 1:
+                typer.echo(
+                    f"error: --key {key!r} needs exactly one payload, got {len(values)}", err=True
+                )
+                raise typer.Exit(2)
+            with one_line_errors(), Jobs(settings) as jobs:
+                ids = jobs.submit_many(values, [key] * len(values), delay=delay)
+            for job_id in ids:
+                typer.echo(
+                    job_id if job_id is not None else f"key {key!r} already submitted: skipped"
+                )
+
+        def stats() -> None:
+            """Print the number of waiting, pending, dead and scheduled jobs as JSON."""
+            with one_line_errors(), Jobs(settings) as jobs:
+                counts = jobs.stats()
+            typer.echo(json.dumps(counts.__dict__))
+
+        where = f"the stream {dead_name(self.stream)} in {at_redis}"
+        dead = dead_letter_commands(partial(Jobs, settings), where, (JobsError, redis.RedisError))
+        return [submit, stats, dead]
+
+    def check(self) -> str | None:
+        """A PING to the stream's Redis, with a 2 s limit."""
+        try:
+            with Jobs(self.settings) as jobs:
+                jobs.client.ping()
+        except (JobsError, redis.RedisError) as exc:
+            return f"Redis at {self.settings.jobs_redis_url} (JOBS_REDIS_URL): {exc}"
+        return None
