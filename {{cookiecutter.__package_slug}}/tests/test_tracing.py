@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 from collections import Counter, defaultdict
@@ -39,6 +40,8 @@ from {{ cookiecutter.__package_slug }}.tracing import (
     exporters_from_env,
 )
 from {{ cookiecutter.__package_slug }}.worker import Permanent, Worker
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 class FileExporter(SpanExporter):
@@ -193,6 +196,41 @@ def test_the_exporters_come_from_the_standard_environment(
 def test_an_exporter_this_project_lacks_is_refused(environ: dict[str, str]) -> None:
     with pytest.raises(TracingError, match=r"zipkin|grpc"):
         exporter_names(environ)
+
+
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        (
+            {"OTEL_TRACES_EXPORTER": "zipkin"},
+            "error: OTEL_TRACES_EXPORTER='zipkin': zipkin unknown; use otlp, console, none",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "error: OTEL_EXPORTER_OTLP_PROTOCOL='grpc': this project exports OTLP over",
+        ),
+    ],
+)
+def test_a_bad_otel_setting_is_one_line_and_exit_2(environ: dict[str, str], line: str) -> None:
+    """As a bad setting of the project: one line naming the variable and the rule, no
+    traceback, exit status 2."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("OTEL_", "{{ cookiecutter.__env_prefix }}"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.__package_slug }}.qq", "drain"],
+        cwd=PROJECT,
+        env=env | environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(line), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.fixture

@@ -68,13 +68,12 @@ def exporter_names(environ: Mapping[str, str] = os.environ) -> list[str]:
         )
     names = [name for name in dict.fromkeys(names) if name != "none"]
     if "otlp" in names:
-        protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
-            "OTEL_EXPORTER_OTLP_PROTOCOL", OTLP_PROTOCOL
-        )
-        if protocol != OTLP_PROTOCOL:
+        protocols = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+        variable = next((name for name in protocols if environ.get(name)), None)
+        if variable is not None and environ[variable] != OTLP_PROTOCOL:
             raise TracingError(
-                f"OTLP protocol {protocol!r}: this project exports OTLP over {OTLP_PROTOCOL} "
-                "(add opentelemetry-exporter-otlp-proto-grpc to export over grpc)"
+                f"{variable}={environ[variable]!r}: this project exports OTLP over "
+                f"{OTLP_PROTOCOL} (add opentelemetry-exporter-otlp-proto-grpc to export over grpc)"
             )
     return names
 
@@ -113,9 +112,17 @@ class Tracing:
 
     @classmethod
     def from_env(cls) -> Tracing | None:
-        """Tracing that exports where the environment says, or None if it names no exporter
-        (raises `TracingError` if it names one this project does not have)."""
-        return cls() if exporter_names() else None
+        """Tracing that exports where the environment says, or None if it names no exporter.
+
+        An exporter or OTLP protocol this project does not have ends the program as a bad
+        setting does: one line on stderr naming the variable and the rule, and exit status 2.
+        """
+        try:
+            names = exporter_names()
+        except TracingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return cls() if names else None
 
     def __repr__(self) -> str:
         return f"Tracing(exporters={self.exporters!r})"
