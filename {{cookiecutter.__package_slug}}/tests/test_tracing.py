@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 {%- if cookiecutter.include_redis_jobs %}
@@ -28,7 +29,7 @@ from opentelemetry.trace import SpanKind
 {%- if cookiecutter.include_redis_jobs %}
 from servers import Server, running
 {%- endif %}
-from support import fast_settings, writer_over
+from support import fast_settings, free_port, writer_over
 
 {% if cookiecutter.include_redis_jobs -%}
 from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Job, Jobs, RedisJobs
@@ -304,6 +305,33 @@ async def test_otlp_exports_every_span_when_an_endpoint_is_set(
         if attribute.key == "service.name"
     }
     assert services == {"otlp-t"}
+
+
+async def test_an_unreachable_endpoint_delays_the_stop_by_the_flush_timeout_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The OTLP exporter retries a refused connection for up to OTEL_EXPORTER_OTLP_TIMEOUT
+    (10 s): each worker process stops waiting for it after `flush_timeout`."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+
+    async def reader(item: int) -> None:
+        pass
+
+    worker = Worker(
+        "unreachable",
+        reader=reader,
+        writer=writer_over(range(5)),
+        settings=fast_settings(num_processes=1),
+        tracing=Tracing(flush_timeout=1.0),
+    )
+    started = time.monotonic()
+    summary = await worker.drain()
+    took = time.monotonic() - started
+
+    assert summary.succeeded == 5
+    assert took < 1.0 + 3.0, f"the drain took {took:.1f}s"  # the exporter alone: 5 to 10 s
 {%- if cookiecutter.include_redis_jobs %}
 
 

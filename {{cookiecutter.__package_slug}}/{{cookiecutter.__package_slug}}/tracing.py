@@ -19,8 +19,10 @@ returns None and the worker does no tracing work at all.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +41,8 @@ from .worker.texts import error_text
 EXPORTERS = ("otlp", "console", "none")
 OTLP_PROTOCOL = "http/protobuf"  # of the OTLP exporter installed (not grpc)
 FLUSH_TIMEOUT = 5.0  # seconds a worker process waits, at most, for its last spans to be sent
+
+logger = logging.getLogger(__name__)
 
 
 class TracingError(ValueError):
@@ -185,17 +189,31 @@ class Tracing:
             span.set_attribute("worker.item.outcome", "succeeded")
 
     def process_stopping(self) -> None:
-        """Send the spans still buffered (waiting at most `flush_timeout`), then shut down.
+        """Send the spans still buffered, then shut down; return after `flush_timeout` at most.
 
         A tracer provider the program set before the fork is flushed too: a worker process
-        exits without running `atexit`, where it would have been.
+        exits without running `atexit`, where it would have been. The SDK's flush does not keep
+        to its timeout (an OTLP exporter retries an unreachable endpoint for up to
+        OTEL_EXPORTER_OTLP_TIMEOUT, 10 s), so it runs on a daemon thread that the process
+        stops waiting for at the deadline: the spans not sent by then are lost.
         """
         provider, self._provider, self._tracer = self._provider, None, None
         timeout = int(self.flush_timeout * 1000)
         inherited = trace.get_tracer_provider()
         flush = getattr(inherited, "force_flush", None)
-        if inherited is not provider and callable(flush):
-            flush(timeout)
-        if provider is not None:
-            provider.force_flush(timeout)
-            provider.shutdown()
+
+        def send() -> None:
+            if inherited is not provider and callable(flush):
+                flush(timeout)
+            if provider is not None:
+                provider.force_flush(timeout)
+                provider.shutdown()
+
+        sender = threading.Thread(target=send, name="tracing-flush", daemon=True)
+        sender.start()
+        sender.join(self.flush_timeout)
+        if sender.is_alive():
+            logger.warning(
+                "tracing: spans not sent within %gs (exporter unreachable?): dropped",
+                self.flush_timeout,
+            )
