@@ -1,7 +1,8 @@
 """Post-generation hook: prune the files of disabled features, then validate the render.
 
 Runs in the generated project directory. It only deletes files, checks what is left and
-prints the next steps: no network, no installs, and running it twice changes nothing more.
+prints the next steps (not when cruft renders again for `cruft diff` or `cruft update`): no
+network, no installs, and running it twice changes nothing more.
 On a failed check it prints one line per problem and exits 1, and cookiecutter removes the
 directory.
 """
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
@@ -204,8 +206,24 @@ def next_steps(root: Path, context: dict) -> str:
     return "\n".join(lines)
 
 
+def rendered_again(root: Path, context: dict) -> bool:
+    """Whether this is cruft rendering the template again, for `cruft diff` or `cruft update`.
+
+    cruft renders a project it has created again into a new `tempfile.TemporaryDirectory()`
+    (a folder named "tmp" and 8 characters, right in the system's temporary folder), and its
+    context records the template's commit (`_commit`), which plain cookiecutter's does not.
+    """
+    temporary = Path(tempfile.gettempdir()).resolve()
+    return (
+        "_commit" in context
+        and root.parent.parent == temporary
+        and re.fullmatch(r"tmp[a-z0-9_]{8}", root.parent.name) is not None
+    )
+
+
 def main() -> int:
-    """Prune, validate, then print the next steps; return 1 if a check failed."""
+    """Prune, validate, then print the next steps (after a first render only: not inside
+    `cruft diff` or `cruft update`); return 1 if a check failed."""
     root = Path.cwd()
     select_license(root, CONTEXT)
     prune(root, CONTEXT)
@@ -214,7 +232,8 @@ def main() -> int:
         print(f"ERROR: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print(next_steps(root, CONTEXT))
+    if not rendered_again(root, CONTEXT):
+        print(next_steps(root, CONTEXT))
     return 0
 
 

@@ -108,6 +108,37 @@ def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Pat
     assert run([str(BIN / "cruft"), "check"], cwd=project).returncode == 0
 
 
+def test_next_steps_follow_the_first_render_only(tmp_path: Path) -> None:
+    """`cruft create` prints the next steps; `cruft diff` and `cruft update`, which render the
+    template again into a temporary folder, do not print them into their output."""
+    template = template_repository(tmp_path)
+    out = tmp_path / "out"
+    created = run(
+        [str(BIN / "cruft"), "create", "--no-input", "--output-dir", str(out), str(template)],
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert "Created My Worker. Next:" in created.stdout
+    project = out / "my_worker"
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "created")
+    readme = template / "{{cookiecutter.__package_slug}}" / "README.md"
+    readme.write_text(readme.read_text() + "\nA line from the template's next version.\n")
+    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+
+    differences = run([str(BIN / "cruft"), "diff", "--checkout", "main"], cwd=project)
+    updated = run([str(BIN / "cruft"), "update", "--skip-apply-ask"], cwd=project)
+
+    assert differences.returncode == 0, differences.stderr
+    assert "+A line from the template's next version." in differences.stdout
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert "A line from the template's next version." in (project / "README.md").read_text()
+    for output in (differences, updated):
+        assert "Next:" not in output.stdout + output.stderr
+        assert "Created My Worker" not in output.stdout + output.stderr
+
+
 def test_a_plain_cookiecutter_project_is_linked_with_cruft_link(tmp_path: Path) -> None:
     template = template_repository(tmp_path)
     out = tmp_path / "out"

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import tempfile
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -244,6 +245,17 @@ def test_next_steps_are_printed_in_order(
     assert len(steps) <= 8
     assert hook.where(project, str(project.parent)) == "my_worker"
     assert hook.where(project, str(tmp_path / "elsewhere")) == str(project)
+
+
+def test_a_render_again_by_cruft_is_told_from_a_first_one(tmp_path: Path) -> None:
+    hook = load_hook("post_gen_project", default_context(), tmp_path)
+    cruft = {**default_context(), "_commit": "0" * 40}
+    again = Path(tempfile.gettempdir()).resolve() / "tmpab_c1234" / "my_worker"
+
+    assert hook.rendered_again(again, cruft)  # where cruft diff and cruft update render
+    assert not hook.rendered_again(again, default_context())  # plain cookiecutter: no commit
+    assert not hook.rendered_again(tmp_path / "out" / "my_worker", cruft)  # cruft create
+    assert not hook.rendered_again(again.parent.parent / "tmp.Xy12AbCd" / "my_worker", cruft)
 
 
 @pytest.mark.parametrize("feature", ["include_redis_jobs", "include_aiocache"])
