@@ -2,14 +2,15 @@
 `cruft diff --checkout` and `cruft update --checkout` to it: the template's change and the
 user's edit are both kept, and the skipped file is left alone. The files a project calls
 yours (`qq.py`, `tests/test_qq.py`) are left out of updates, even where the template changed
-them. A project made with plain `cookiecutter` is linked with `cruft link`, as the README
-says, and then checks clean."""
+them. A project made with plain `cookiecutter` is linked, as its README says, to the version
+it came from, and then updates from there."""
 
 from __future__ import annotations
 
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import time
@@ -147,6 +148,42 @@ def test_the_files_that_are_yours_are_left_out_of_updates(tmp_path: Path) -> Non
     status = git(project, "status", "--porcelain")
     assert status.split() == ["M", ".cruft.json", "M", "Makefile"], status
     assert not list(project.rglob("*.rej"))
+
+
+def test_a_plain_cookiecutter_project_links_to_the_version_it_came_from(tmp_path: Path) -> None:
+    """The rendered README's `cruft link --checkout v<version>` links to the template version
+    the project was rendered from, so `cruft update` brings what changed since."""
+    template = template_repository(tmp_path)
+    version = json.loads((template / "cookiecutter.json").read_text())["__template_version"]
+    git(template, "tag", "-f", f"v{version}")
+    out = tmp_path / "out"
+    made = run(
+        [str(BIN / "cookiecutter"), "--no-input", "--output-dir", str(out), str(template)],
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    project = out / "my_worker"
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "made")
+    makefile = template / "{{cookiecutter.__package_slug}}" / "Makefile"
+    makefile.write_text(makefile.read_text() + "\n# A change of the template's next version.\n")
+    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+
+    readme = (project / "README.md").read_text()
+    (command,) = re.findall(r"^\.venv/bin/(cruft link .*)$", readme, re.MULTILINE)
+    link = command.replace("<template-url>", str(template)).split()
+    linked = run([str(BIN / link[0]), *link[1:], "--no-input"], cwd=project)
+    assert linked.returncode == 0, linked.stdout + linked.stderr
+
+    state = json.loads((project / ".cruft.json").read_text())
+    assert state["commit"] == git(template, "rev-parse", f"v{version}^{{commit}}").strip()
+    assert run([str(BIN / "cruft"), "check"], cwd=project).returncode != 0  # behind: v2
+    git(project, "add", ".cruft.json")
+    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "link")
+    updated = run([str(BIN / "cruft"), "update", "--skip-apply-ask"], cwd=project)
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert "# A change of the template's next version." in (project / "Makefile").read_text()
 
 
 def test_next_steps_follow_the_first_render_only(tmp_path: Path) -> None:
