@@ -30,6 +30,33 @@ def test_make_demo(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "my_worker" / ".venv" / "bin" / "python").exists()
 
 
+def test_the_readme_renders_your_project_from_the_clone(tmp_path: Path) -> None:
+    """The README's commands that render from a clone, run in its root as written (answers
+    given with --no-input, into a temporary folder in place of `..`), with the tools that
+    `make demo` installs in .venv."""
+    readme = (TEMPLATE / "README.md").read_text()
+    commands = re.findall(r"^\.venv/bin/(cruft create .*|cookiecutter .*)$", readme, re.MULTILINE)
+    assert len(commands) == 2, commands
+    installed = (TEMPLATE / "requirements-dev.txt").read_text()
+    assert re.search(r"^cookiecutter\b", installed, re.M) and re.search(
+        r"^cruft\b", installed, re.M
+    )
+    assert re.search(r"^demo: \$\(BIN\)/\.installed$", (TEMPLATE / "Makefile").read_text(), re.M)
+
+    for number, command in enumerate(commands):
+        words = command.split("#")[0].split()
+        out = tmp_path / str(number)
+        words[words.index("..")] = str(out)
+        made = run([str(BIN / words[0]), *words[1:], "--no-input"], cwd=TEMPLATE)
+        assert made.returncode == 0, f"{command}\n{made.stdout}{made.stderr}"
+        assert (out / "my_worker" / "my_worker" / "qq.py").exists()
+        assert (out / "my_worker" / ".cruft.json").exists() == (words[0] == "cruft")
+
+    state = json.loads((tmp_path / "0" / "my_worker" / ".cruft.json").read_text())
+    head = run(["git", "rev-parse", "HEAD"], cwd=TEMPLATE).stdout.strip()
+    assert (state["template"], state["commit"]) == (str(TEMPLATE), head)
+
+
 def test_rendered_readme_commands(cookies: Any) -> None:
     """The rendered README's commands, `make install`, `make test`, `make dist`, work as written
     (with `python3`, so the project's minimum Python is python3's version)."""
