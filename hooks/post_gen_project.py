@@ -1,7 +1,8 @@
 """Post-generation hook: prune the files of disabled features, then validate the render.
 
 Runs in the generated project directory. It only deletes files, checks what is left and
-prints the next steps: no network, no installs, and running it twice changes nothing more.
+prints the next steps (not when cruft renders again for `cruft diff` or `cruft update`): no
+network, no installs, and running it twice changes nothing more.
 On a failed check it prints one line per problem and exits 1, and cookiecutter removes the
 directory.
 """
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
@@ -176,36 +178,57 @@ def where(root: Path, cwd: str | None) -> str:
 
 
 def next_steps(root: Path, context: dict) -> str:
-    """What to type after the render, in order, a few lines."""
+    """What to type after the render, in the order it works in, a few lines. Commands are
+    indented; they use `make` or the project's `.venv`, never a bare `python`."""
     slug = context["__package_slug"]
-    if context["include_redis_jobs"]:
-        job = json.dumps({"n": 1})
-        first = f"python -m {slug}.qq submit '{job}'   # then: make drain"
-    elif context["include_spool"]:
-        first = f"python -m {slug}.qq submit 'a record'   # then: make drain"
-    else:
-        first = "make drain     # run the sample jobs once; make serve serves until Ctrl-C"
+    drain = "make drain     # runs the worker until the source is empty; make serve: until Ctrl-C"
     lines = [
         f"Created {context['__project_name']}. Next:",
         f"  cd {where(root, os.environ.get('PWD'))}",
         "  git init       # before pre-commit install (and cruft), which need a repository",
         "  make install   # .venv with the project and its dev tools",
         "  make test      # ruff, mypy --strict and the tests",
-        f"  {first}",
     ]
-    local_redis = "docker compose up -d redis (or redis-server) serves it on 127.0.0.1:6379"
     if context["include_redis_jobs"]:
-        lines.append(f"  Jobs live in Redis: {local_redis}.")
-    elif context["include_aiocache"]:
-        lines.append(f"  The cache is in memory; for Redis, {local_redis}.")
+        job = json.dumps({"n": 1})
+        lines += [
+            "  docker compose up -d redis   # or redis-server: the jobs' Redis on 127.0.0.1:6379",
+            f"  .venv/bin/python -m {slug}.qq submit '{job}'",
+            f"  {drain}",
+        ]
+    elif context["include_spool"]:
+        lines += [f"  .venv/bin/python -m {slug}.qq submit 'a record'", f"  {drain}"]
+    else:
+        lines.append("  make drain     # run the sample jobs once; make serve serves until Ctrl-C")
+    if context["include_aiocache"] and not context["include_redis_jobs"]:
+        lines.append(
+            "The cache is in memory; for Redis, docker compose up -d redis (or redis-server)"
+            " serves one on 127.0.0.1:6379."
+        )
     if context["include_redis_jobs"] or context["include_aiocache"]:
-        lines.append("  The tests start their own servers and skip those not installed.")
-    lines.append(f"Edit {slug}/qq.py, then rewrite tests/test_qq.py, which tests its sample.")
+        lines.append("The tests start their own servers and skip those not installed.")
+    lines.append(f"Then edit {slug}/qq.py and rewrite tests/test_qq.py, which tests its sample.")
     return "\n".join(lines)
 
 
+def rendered_again(root: Path, context: dict) -> bool:
+    """Whether this is cruft rendering the template again, for `cruft diff` or `cruft update`.
+
+    cruft renders a project it has created again into a new `tempfile.TemporaryDirectory()`
+    (a folder named "tmp" and 8 characters, right in the system's temporary folder), and its
+    context records the template's commit (`_commit`), which plain cookiecutter's does not.
+    """
+    temporary = Path(tempfile.gettempdir()).resolve()
+    return (
+        "_commit" in context
+        and root.parent.parent == temporary
+        and re.fullmatch(r"tmp[a-z0-9_]{8}", root.parent.name) is not None
+    )
+
+
 def main() -> int:
-    """Prune, validate, then print the next steps; return 1 if a check failed."""
+    """Prune, validate, then print the next steps (after a first render only: not inside
+    `cruft diff` or `cruft update`); return 1 if a check failed."""
     root = Path.cwd()
     select_license(root, CONTEXT)
     prune(root, CONTEXT)
@@ -214,7 +237,8 @@ def main() -> int:
         print(f"ERROR: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print(next_steps(root, CONTEXT))
+    if not rendered_again(root, CONTEXT):
+        print(next_steps(root, CONTEXT))
     return 0
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEMPLATE, run
+from conftest import BIN, TEMPLATE, run
 from test_python_versions import interpreter
 
 BASE = sys._base_executable  # this Python outside the template's venv
@@ -23,6 +28,33 @@ def test_make_demo(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"summary +100 of 100 sample jobs succeeded, 0 failed", result.stdout)
     assert (tmp_path / "demo" / "my_worker" / ".venv" / "bin" / "python").exists()
+
+
+def test_the_readme_renders_your_project_from_the_clone(tmp_path: Path) -> None:
+    """The README's commands that render from a clone, run in its root as written (answers
+    given with --no-input, into a temporary folder in place of `..`), with the tools that
+    `make demo` installs in .venv."""
+    readme = (TEMPLATE / "README.md").read_text()
+    commands = re.findall(r"^\.venv/bin/(cruft create .*|cookiecutter .*)$", readme, re.MULTILINE)
+    assert len(commands) == 2, commands
+    installed = (TEMPLATE / "requirements-dev.txt").read_text()
+    assert re.search(r"^cookiecutter\b", installed, re.M) and re.search(
+        r"^cruft\b", installed, re.M
+    )
+    assert re.search(r"^demo: \$\(BIN\)/\.installed$", (TEMPLATE / "Makefile").read_text(), re.M)
+
+    for number, command in enumerate(commands):
+        words = command.split("#")[0].split()
+        out = tmp_path / str(number)
+        words[words.index("..")] = str(out)
+        made = run([str(BIN / words[0]), *words[1:], "--no-input"], cwd=TEMPLATE)
+        assert made.returncode == 0, f"{command}\n{made.stdout}{made.stderr}"
+        assert (out / "my_worker" / "my_worker" / "qq.py").exists()
+        assert (out / "my_worker" / ".cruft.json").exists() == (words[0] == "cruft")
+
+    state = json.loads((tmp_path / "0" / "my_worker" / ".cruft.json").read_text())
+    head = run(["git", "rev-parse", "HEAD"], cwd=TEMPLATE).stdout.strip()
+    assert (state["template"], state["commit"]) == (str(TEMPLATE), head)
 
 
 def test_rendered_readme_commands(cookies: Any) -> None:
@@ -39,6 +71,94 @@ def test_rendered_readme_commands(cookies: Any) -> None:
     built = run(["make", "dist"], cwd=project, timeout=900)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     assert sorted(path.suffix for path in (project / "dist").iterdir()) == [".gz", ".whl"]
+
+
+def redis_server() -> str:
+    """redis-server's path; a missing one fails under CI=true and skips elsewhere."""
+    path = shutil.which("redis-server")
+    if path is None:
+        message = "redis-server is not installed: sudo apt-get install redis-server"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true requires it)")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"redis-server exited with {process.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"redis-server not listening after {timeout}s"
+            time.sleep(0.01)
+
+
+def test_the_printed_next_steps_work_in_the_order_printed(tmp_path: Path) -> None:
+    """A Redis render's next steps, run one by one as printed, in the folder the render was
+    made from. Their Redis step starts a redis-server on a free port, which the render's
+    JOBS_REDIS_URL names from the first step on: a step that needs Redis before that fails.
+    `make test` runs its linters and only tests/test_qq.py (the whole suite takes minutes;
+    test_rendered_readme_commands runs it)."""
+    redis = redis_server()
+    port = free_port()
+    here = tmp_path / "here"
+    here.mkdir()
+    python3 = run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], here)
+    answers = ["include_redis_jobs=yes", f"python_version={python3.stdout.strip()}"]
+    rendered = run(
+        [str(BIN / "cookiecutter"), "--no-input", str(TEMPLATE), *answers], here, PWD=str(here)
+    )
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    printed = rendered.stdout.splitlines()
+    first = next(i for i, line in enumerate(printed) if line.startswith("Created "))
+    steps = [line.strip() for line in printed[first + 1 :] if line.startswith("  ")]
+    settings = {
+        "MY_WORKER_JOBS_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "PYTEST_ADDOPTS": "tests/test_qq.py",
+    }
+
+    folder, server, ran = here, None, []
+    try:
+        for step in steps:
+            if step.startswith("cd "):
+                folder = folder / step.removeprefix("cd ")
+            elif step.startswith("docker compose up -d redis"):
+                command = [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+                server = subprocess.Popen(
+                    [*command, "--appendonly", "no", "--dir", str(tmp_path)],
+                    stdout=subprocess.DEVNULL,
+                )
+                wait_listening(port, server)
+            else:
+                result = run(["bash", "-c", step], folder, timeout=900, **settings)
+                assert result.returncode == 0, (
+                    f"{step}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+                )
+                ran.append((step, result.stdout))
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(10)
+
+    assert [step.split()[0] for step, _ in ran] == [
+        "git",
+        "make",
+        "make",
+        ".venv/bin/python",
+        "make",
+    ]
+    summary = json.loads(ran[-1][1].strip().splitlines()[-1])
+    assert (summary["enqueued"], summary["succeeded"], summary["failed"]) == (1, 1, 0)
 
 
 def path_with(tmp_path: Path, **pythons: str) -> str:

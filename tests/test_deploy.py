@@ -313,6 +313,27 @@ def test_scaledobject_reads_what_the_worker_reads(render: Render, settings: dict
     assert metadata["passwordFromEnv"] == f"{render.prefix}JOBS_PASSWORD"
 
 
+# ---- compose.yaml ------------------------------------------------------------------------------
+def test_compose_puts_the_jobs_and_the_cache_where_the_docs_say(tmp_path: Path) -> None:
+    """With the cache and the jobs in one Redis: compose.yaml, the compose example of
+    docs/scaling.md and the ConfigMap give each the same database (the jobs 0, the cache 1)."""
+    answers = {"include_aiocache": True, "include_redis_jobs": True}
+    path = Path(
+        cookiecutter(str(TEMPLATE), no_input=True, extra_context=answers, output_dir=tmp_path)
+    )
+    prefix = f"{path.name.upper()}_"
+    compose = yaml.safe_load((path / "compose.yaml").read_text())["services"]["worker"]
+    scaling = (path / "docs" / "scaling.md").read_text()
+    (example,) = re.findall(r"^```text\n(services:\n.*?)^```$", scaling, re.DOTALL | re.MULTILINE)
+    documented = yaml.safe_load(example)["services"]["worker"]
+    configmap = yaml.safe_load((path / "deploy" / "k8s" / "configmap.yaml").read_text())["data"]
+
+    assert compose["environment"] == documented["environment"]
+    assert compose["environment"][f"{prefix}JOBS_REDIS_URL"] == configmap[f"{prefix}JOBS_REDIS_URL"]
+    databases = {name: urlsplit(url).path for name, url in compose["environment"].items()}
+    assert databases == {f"{prefix}JOBS_REDIS_URL": "/0", f"{prefix}CACHE_URL": "/1"}
+
+
 # ---- Prometheus rules and the Grafana dashboard ----------------------------------------------
 def test_promtool_checks_and_tests_the_rules(render: Render) -> None:
     promtool = required_tool("promtool", "apt-get install prometheus")

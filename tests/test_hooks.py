@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import tempfile
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -246,6 +247,33 @@ def test_next_steps_are_printed_in_order(
     assert hook.where(project, str(tmp_path / "elsewhere")) == str(project)
 
 
+@pytest.mark.parametrize("feature", ["include_redis_jobs", "include_spool"])
+def test_next_steps_submit_with_the_projects_python_once_the_source_is_up(
+    cookies: Any, capfd: pytest.CaptureFixture[str], feature: str
+) -> None:
+    result = cookies.bake(extra_context={feature: True})
+    assert result.exit_code == 0, result.exception
+    commands = [line.split("#")[0].strip() for line in next_steps(capfd) if line.startswith("  ")]
+
+    submit = next(i for i, command in enumerate(commands) if " submit " in command)
+    assert commands[submit].startswith(".venv/bin/python -m my_worker.qq submit '")
+    assert commands.index("make install") < submit < commands.index("make drain")
+    assert not [command for command in commands if command.startswith("python")]
+    redis = [i for i, command in enumerate(commands) if command == "docker compose up -d redis"]
+    assert redis == ([submit - 1] if feature == "include_redis_jobs" else [])
+
+
+def test_a_render_again_by_cruft_is_told_from_a_first_one(tmp_path: Path) -> None:
+    hook = load_hook("post_gen_project", default_context(), tmp_path)
+    cruft = {**default_context(), "_commit": "0" * 40}
+    again = Path(tempfile.gettempdir()).resolve() / "tmpab_c1234" / "my_worker"
+
+    assert hook.rendered_again(again, cruft)  # where cruft diff and cruft update render
+    assert not hook.rendered_again(again, default_context())  # plain cookiecutter: no commit
+    assert not hook.rendered_again(tmp_path / "out" / "my_worker", cruft)  # cruft create
+    assert not hook.rendered_again(again.parent.parent / "tmp.Xy12AbCd" / "my_worker", cruft)
+
+
 @pytest.mark.parametrize("feature", ["include_redis_jobs", "include_aiocache"])
 def test_next_steps_say_how_to_get_a_local_redis(
     cookies: Any, capfd: pytest.CaptureFixture[str], feature: str
@@ -254,6 +282,7 @@ def test_next_steps_say_how_to_get_a_local_redis(
     assert result.exit_code == 0, result.exception
     steps = "\n".join(next_steps(capfd))
 
-    assert "docker compose up -d redis (or redis-server)" in steps
+    assert "docker compose up -d redis" in steps
+    assert "or redis-server" in steps
     compose = yaml.safe_load((Path(result.project_path) / "compose.yaml").read_text())
     assert compose["services"]["redis"]["ports"] == ["127.0.0.1:6379:6379"]

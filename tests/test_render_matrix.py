@@ -295,6 +295,56 @@ def test_after_rewriting_qq_only_its_sample_tests_fail(
     assert run([*pytest_command, "tests/test_qq.py"], project).returncode != 0
 
 
+def test_the_docs_name_only_make_targets_the_makefile_has(
+    baked: tuple[dict[str, Any], Path],
+) -> None:
+    _, project = baked
+    targets = make_targets(project / "Makefile")
+    named = {  # as code: in backquotes, or at the start of a line of a code block
+        f"{path.relative_to(project)}: make {target}"
+        for path in [project / "README.md", *project.glob("docs/*.md")]
+        for target in re.findall(r"(?:^|`)make ([a-z][\w-]*)", path.read_text(), re.MULTILINE)
+    }
+    assert {name for name in named if name.rpartition(" ")[2] not in targets} == set()
+    assert "README.md: make format" in named
+
+
+def test_a_setting_added_as_docs_worker_md_says(cookies: Any) -> None:
+    """docs/worker.md, "Settings": a field in settings.py and its line in .env.example. The
+    field alone fails tests/test_settings.py; with its line the tests pass, and its variable
+    sets it."""
+    project = Path(cookies.bake().project_path)
+    section = (project / "docs" / "worker.md").read_text().split("\n## Settings\n")[1]
+    (field,) = re.findall(r"`(\w+: \w+ = Field\(.*?\))`", section)
+    (line,) = re.findall(r"`([A-Z_]+=[^`]+)`", section)
+    settings = project / project.name / "settings.py"
+    text = settings.read_text()
+    first = re.search(r"^    project_name: str = .*\n", text, re.MULTILINE)
+    assert first, "no project_name field to add ours after"
+    ours = f"    # Seconds to wait for the billing API.\n    {field}\n"
+    settings.write_text(text[: first.end()] + ours + text[first.end() :])
+    assert_passes([str(BIN / "ruff"), "check", "--no-cache", str(settings)], project)
+    tests = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_settings.py",
+    ]
+    assert run(tests, project).returncode != 0  # .env.example does not list it yet
+
+    example = project / ".env.example"
+    example.write_text(f"{example.read_text()}\n# Seconds to wait for the billing API.\n{line}\n")
+    assert_passes(tests, project)
+    variable, _, _ = line.partition("=")
+    name = field.partition(":")[0]
+    read = f"from {project.name}.settings import settings; print(settings.{name})"
+    value = run([sys.executable, "-c", read], project, **{variable: "7.5"})
+    assert value.stdout.strip() == "7.5", value.stderr
+
+
 # ---- the production kit: container, workflows, pre-commit ------------------------------------
 VERSIONS = json.loads((TEMPLATE / "cookiecutter.json").read_text())["python_version"]
 VERSIONS = sorted(VERSIONS, key=lambda version: tuple(map(int, version.split("."))))

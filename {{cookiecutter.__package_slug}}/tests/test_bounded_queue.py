@@ -7,6 +7,7 @@ import collections
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -775,6 +776,81 @@ async def test_stop_timeout_cancels_and_returns_never_started_items() -> None:
     assert (metrics.cancelled, metrics.processed, metrics.in_flight, metrics.depth) == (2, 0, 0, 0)
     assert state(queue) is QueueStatus.STOPPED
     await asyncio.wait_for(queue.join(), WAIT)
+
+
+class Warnings(logging.Handler):
+    """The warnings logged to `logger`, with an event set at each one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.logger = logging.getLogger(f"test.warnings.{id(self)}")
+        self.messages: list[str] = []
+        self.emitted = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.emitted.set()
+
+
+@pytest.fixture
+def warnings() -> Iterator[Warnings]:
+    handler = Warnings()
+    handler.logger.addHandler(handler)
+    handler.logger.setLevel(logging.WARNING)
+    yield handler
+    handler.logger.removeHandler(handler)
+
+
+async def test_stop_with_no_consumer_says_so_and_keeps_waiting(warnings: Warnings) -> None:
+    queue = BoundedQueue[int](10, logger=warnings.logger)
+    queue.stop_warning_after = 0.05
+    await queue.start()
+    for i in range(3):
+        await queue.put(i)
+
+    stopper = asyncio.create_task(queue.stop())
+    await asyncio.wait_for(warnings.emitted.wait(), WAIT)
+
+    assert warnings.messages == [
+        "stop() has waited 0.05s for 3 queued and 0 in-flight items and no worker runs: call"
+        " start_workers() before stop(), take the items with get() and task_done(), or pass"
+        " stop(timeout=...)"
+    ]
+    assert not stopper.done()  # a warning, not a timeout: the items stay
+    for _ in range(3):  # a late consumer ends the wait
+        await queue.get()
+        queue.task_done()
+    assert await asyncio.wait_for(stopper, WAIT) == []
+    assert queue.metrics.processed == 3
+
+
+async def test_stop_warns_once_about_slow_items_and_not_with_a_timeout(
+    warnings: Warnings,
+) -> None:
+    gate = Gate()
+    queue = BoundedQueue[int](10, logger=warnings.logger)
+    queue.stop_warning_after = 0.05
+    await queue.start()
+    await queue.start_workers(gate, 1)
+    await queue.put(0)
+    await queue.put(1)
+    await gate.wait_started(1)
+
+    stopper = asyncio.create_task(queue.stop())
+    await asyncio.wait_for(warnings.emitted.wait(), WAIT)
+    gate.release.set()
+    assert await asyncio.wait_for(stopper, WAIT) == []
+    assert warnings.messages == [
+        "stop() has waited 0.05s for 1 queued and 1 in-flight items;"
+        " pass stop(timeout=...) to bound the wait"
+    ]
+
+    bounded = BoundedQueue[int](10, logger=warnings.logger)
+    bounded.stop_warning_after = 0.01
+    await bounded.start()
+    await bounded.put(7)
+    assert await asyncio.wait_for(bounded.stop(timeout=0.1), WAIT) == [7]
+    assert len(warnings.messages) == 1  # the caller chose how long to wait
 
 
 async def test_stop_with_a_full_queue_and_blocked_producers() -> None:

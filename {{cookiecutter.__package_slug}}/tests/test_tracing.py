@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 {%- if cookiecutter.include_redis_jobs %}
@@ -27,7 +29,7 @@ from opentelemetry.trace import SpanKind
 {%- if cookiecutter.include_redis_jobs %}
 from servers import Server, running
 {%- endif %}
-from support import fast_settings, writer_over
+from support import fast_settings, free_port, writer_over
 
 {% if cookiecutter.include_redis_jobs -%}
 from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Job, Jobs, RedisJobs
@@ -39,6 +41,8 @@ from {{ cookiecutter.__package_slug }}.tracing import (
     exporters_from_env,
 )
 from {{ cookiecutter.__package_slug }}.worker import Permanent, Worker
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 class FileExporter(SpanExporter):
@@ -195,6 +199,41 @@ def test_an_exporter_this_project_lacks_is_refused(environ: dict[str, str]) -> N
         exporter_names(environ)
 
 
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        (
+            {"OTEL_TRACES_EXPORTER": "zipkin"},
+            "error: OTEL_TRACES_EXPORTER='zipkin': zipkin unknown; use otlp, console, none",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "error: OTEL_EXPORTER_OTLP_PROTOCOL='grpc': this project exports OTLP over",
+        ),
+    ],
+)
+def test_a_bad_otel_setting_is_one_line_and_exit_2(environ: dict[str, str], line: str) -> None:
+    """As a bad setting of the project: one line naming the variable and the rule, no
+    traceback, exit status 2."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("OTEL_", "{{ cookiecutter.__env_prefix }}"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.__package_slug }}.qq", "drain"],
+        cwd=PROJECT,
+        env=env | environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(line), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
 @pytest.fixture
 def collector() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
     """An OTLP/HTTP endpoint on a free loopback port, keeping each request it receives."""
@@ -266,6 +305,33 @@ async def test_otlp_exports_every_span_when_an_endpoint_is_set(
         if attribute.key == "service.name"
     }
     assert services == {"otlp-t"}
+
+
+async def test_an_unreachable_endpoint_delays_the_stop_by_the_flush_timeout_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The OTLP exporter retries a refused connection for up to OTEL_EXPORTER_OTLP_TIMEOUT
+    (10 s): each worker process stops waiting for it after `flush_timeout`."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+
+    async def reader(item: int) -> None:
+        pass
+
+    worker = Worker(
+        "unreachable",
+        reader=reader,
+        writer=writer_over(range(5)),
+        settings=fast_settings(num_processes=1),
+        tracing=Tracing(flush_timeout=1.0),
+    )
+    started = time.monotonic()
+    summary = await worker.drain()
+    took = time.monotonic() - started
+
+    assert summary.succeeded == 5
+    assert took < 1.0 + 3.0, f"the drain took {took:.1f}s"  # the exporter alone: 5 to 10 s
 {%- if cookiecutter.include_redis_jobs %}
 
 

@@ -254,7 +254,12 @@ class BoundedQueue(Generic[T]):
             first); by default the item itself is compared. Equal priorities keep
             insertion order. ``put`` calls it once per item, before it waits for room.
         concurrency_limit: maximum number of worker tasks (so of items in flight).
+
+    ``stop()`` without a timeout logs a warning once it has waited ``stop_warning_after``
+    seconds (10 by default; set it on the class or the queue), naming what it waits for.
     """
+
+    stop_warning_after: float = 10.0
 
     def __init__(
         self,
@@ -490,10 +495,12 @@ class BoundedQueue(Generic[T]):
         New puts are refused (blocked producers get :class:`QueueStateError`); workers
         finish what is queued and in flight. If that takes longer than ``timeout``
         seconds, the in-flight items are cancelled and the queued ones are removed and
-        returned. Calling it again returns what is still queued (normally ``[]``); a
-        concurrent call waits for the first. Calling it from one of the queue's own
-        workers raises :class:`QueueStateError` (it would wait for itself). If a worker
-        died on a ``BaseException``, that exception is raised here after cleanup.
+        returned. Without a timeout it waits as long as it takes, and logs a warning after
+        ``stop_warning_after`` seconds (e.g. no worker runs and nobody calls ``get()``).
+        Calling it again returns what is still queued (normally ``[]``); a concurrent call
+        waits for the first. Calling it from one of the queue's own workers raises
+        :class:`QueueStateError` (it would wait for itself). If a worker died on a
+        ``BaseException``, that exception is raised here after cleanup.
         """
         return await self._shutdown(_check_timeout("timeout", timeout), raise_fatal=True)
 
@@ -893,22 +900,44 @@ class BoundedQueue(Generic[T]):
 
     async def _drain(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
         deadline = None if timeout is None or math.isinf(timeout) else loop.time() + timeout
-        while self._unfinished and self._fatal is None:
-            fut: asyncio.Future[bool] = loop.create_future()
-            self._joiners.append(fut)
-            timer = None if deadline is None else loop.call_at(deadline, _expire, fut)
-            try:
-                expired = await fut
-            except BaseException:
-                fut.cancel()
-                _discard(self._joiners, fut)
-                raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            if expired:
-                _discard(self._joiners, fut)
-                return
+        warning = None
+        if deadline is None and self._unfinished:
+            warning = loop.call_later(self.stop_warning_after, self._warn_stop_waiting)
+        try:
+            while self._unfinished and self._fatal is None:
+                fut: asyncio.Future[bool] = loop.create_future()
+                self._joiners.append(fut)
+                timer = None if deadline is None else loop.call_at(deadline, _expire, fut)
+                try:
+                    expired = await fut
+                except BaseException:
+                    fut.cancel()
+                    _discard(self._joiners, fut)
+                    raise
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                if expired:
+                    _discard(self._joiners, fut)
+                    return
+        finally:
+            if warning is not None:
+                warning.cancel()
+
+    def _warn_stop_waiting(self) -> None:
+        queued = len(self._queue)
+        waiting = (
+            f"stop() has waited {self.stop_warning_after:g}s for {queued} queued and"
+            f" {self._unfinished - queued} in-flight items"
+        )
+        if self._workers:
+            self._logger.warning("%s; pass stop(timeout=...) to bound the wait", waiting)
+        else:
+            self._logger.warning(
+                "%s and no worker runs: call start_workers() before stop(), take the items"
+                " with get() and task_done(), or pass stop(timeout=...)",
+                waiting,
+            )
 
     def _take_all(self) -> list[T]:
         items: list[T] = []

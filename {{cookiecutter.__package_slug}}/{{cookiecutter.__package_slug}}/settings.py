@@ -1,6 +1,6 @@
 """Settings, read from environment variables and a `.env` file.
 
-Each variable is a field name in capitals after {{ cookiecutter.__env_prefix }}
+Each variable is a field name in capitals after {{ cookiecutter.__env_prefix }}.
 `.env.example` lists them all with their defaults. The prefix is set here, on the final
 class, so it is the same whatever features the project was rendered with; QuasiQueue's own
 `QUASIQUEUE_*` variables are not read.

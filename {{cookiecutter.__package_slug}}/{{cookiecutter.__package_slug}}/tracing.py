@@ -20,8 +20,10 @@ returns None and the worker does no tracing work at all.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -40,6 +42,8 @@ from .worker.texts import error_text
 EXPORTERS = ("otlp", "console", "none")
 OTLP_PROTOCOL = "http/protobuf"  # of the OTLP exporter installed (not grpc)
 FLUSH_TIMEOUT = 5.0  # seconds a worker process waits, at most, for its last spans to be sent
+
+logger = logging.getLogger(__name__)
 
 
 class TracingError(ValueError):
@@ -69,13 +73,12 @@ def exporter_names(environ: Mapping[str, str] = os.environ) -> list[str]:
         )
     names = [name for name in dict.fromkeys(names) if name != "none"]
     if "otlp" in names:
-        protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
-            "OTEL_EXPORTER_OTLP_PROTOCOL", OTLP_PROTOCOL
-        )
-        if protocol != OTLP_PROTOCOL:
+        protocols = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+        variable = next((name for name in protocols if environ.get(name)), None)
+        if variable is not None and environ[variable] != OTLP_PROTOCOL:
             raise TracingError(
-                f"OTLP protocol {protocol!r}: this project exports OTLP over {OTLP_PROTOCOL} "
-                "(add opentelemetry-exporter-otlp-proto-grpc to export over grpc)"
+                f"{variable}={environ[variable]!r}: this project exports OTLP over "
+                f"{OTLP_PROTOCOL} (add opentelemetry-exporter-otlp-proto-grpc to export over grpc)"
             )
     return names
 
@@ -114,9 +117,17 @@ class Tracing:
 
     @classmethod
     def from_env(cls) -> Tracing | None:
-        """Tracing that exports where the environment says, or None if it names no exporter
-        (raises `TracingError` if it names one this project does not have)."""
-        return cls() if exporter_names() else None
+        """Tracing that exports where the environment says, or None if it names no exporter.
+
+        An exporter or OTLP protocol this project does not have ends the program as a bad
+        setting does: one line on stderr naming the variable and the rule, and exit status 2.
+        """
+        try:
+            names = exporter_names()
+        except TracingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return cls() if names else None
 
     def __repr__(self) -> str:
         return f"Tracing(exporters={self.exporters!r})"
@@ -176,17 +187,31 @@ class Tracing:
             span.set_attribute("worker.item.outcome", "succeeded")
 
     def process_stopping(self) -> None:
-        """Send the spans still buffered (waiting at most `flush_timeout`), then shut down.
+        """Send the spans still buffered, then shut down; return after `flush_timeout` at most.
 
         A tracer provider the program set before the fork is flushed too: a worker process
-        exits without running `atexit`, where it would have been.
+        exits without running `atexit`, where it would have been. The SDK's flush does not keep
+        to its timeout (an OTLP exporter retries an unreachable endpoint for up to
+        OTEL_EXPORTER_OTLP_TIMEOUT, 10 s), so it runs on a daemon thread that the process
+        stops waiting for at the deadline: the spans not sent by then are lost.
         """
         provider, self._provider, self._tracer = self._provider, None, None
         timeout = int(self.flush_timeout * 1000)
         inherited = trace.get_tracer_provider()
         flush = getattr(inherited, "force_flush", None)
-        if inherited is not provider and callable(flush):
-            flush(timeout)
-        if provider is not None:
-            provider.force_flush(timeout)
-            provider.shutdown()
+
+        def send() -> None:
+            if inherited is not provider and callable(flush):
+                flush(timeout)
+            if provider is not None:
+                provider.force_flush(timeout)
+                provider.shutdown()
+
+        sender = threading.Thread(target=send, name="tracing-flush", daemon=True)
+        sender.start()
+        sender.join(self.flush_timeout)
+        if sender.is_alive():
+            logger.warning(
+                "tracing: spans not sent within %gs (exporter unreachable?): dropped",
+                self.flush_timeout,
+            )
