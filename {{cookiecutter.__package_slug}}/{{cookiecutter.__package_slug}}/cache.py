@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from aiocache import Cache as Backends
 from aiocache.serializers import PickleSerializer
+from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -39,6 +40,9 @@ for _message in (
 
 R = TypeVar("R")
 OPERATION_TIMEOUT = 1.0  # seconds a cache call may take before it counts as failed
+# Connections to Redis one process opens at most; a call waits for a free one (within its
+# OPERATION_TIMEOUT) rather than open one per reader slot: an async reader may run thousands.
+REDIS_POOL_SIZE = 32
 # What a server that is down or slow raises; any other error is the caller's and is raised.
 UNAVAILABLE = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 # memcached keys: at most 250 bytes, no spaces or control characters (aiocache would turn
@@ -147,7 +151,14 @@ def _backend(settings: Settings) -> Any:
         db = int(url.path.strip("/") or 0)
         host, port = url.hostname or "127.0.0.1", url.port or 6379
         return Backends(
-            Backends.REDIS, endpoint=host, port=port, db=db, password=password, **common
+            Backends.REDIS,
+            endpoint=host,
+            port=port,
+            db=db,
+            password=password,
+            pool_max_size=REDIS_POOL_SIZE,
+            connection_pool_class=BlockingConnectionPool,
+            **common,
         )
     if url.scheme == "memcached":
         host, port = url.hostname or "127.0.0.1", url.port or 11211
