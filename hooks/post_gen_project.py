@@ -189,14 +189,15 @@ def next_steps(root: Path, context: dict) -> str:
         "  make install   # .venv with the project and its dev tools",
         "  make test      # ruff, mypy --strict and the tests",
     ]
-    if context["include_redis_jobs"]:
+    source = context["__source"]  # where qq.py's items come from: redis, spool or writer
+    if source == "redis":
         job = json.dumps({"n": 1})
         lines += [
             "  docker compose up -d redis   # or redis-server: the jobs' Redis on 127.0.0.1:6379",
             f"  .venv/bin/python -m {slug}.qq submit '{job}'",
             f"  {drain}",
         ]
-    elif context["include_spool"]:
+    elif source == "spool":
         lines += [f"  .venv/bin/python -m {slug}.qq submit 'a record'", f"  {drain}"]
     else:
         lines.append("  make drain     # run the sample jobs once; make serve serves until Ctrl-C")

@@ -22,7 +22,6 @@ PYTHON_VERSIONS = ("3.11", "3.12", "3.13", "3.14")
 TAKEN = frozenset(
     {
         "quasiqueue",
-        "aiocache",
         "pydantic",
         "pydantic_core",
         "pydantic_settings",
@@ -30,11 +29,7 @@ TAKEN = frozenset(
         "click",
         "psutil",
         "redis",
-        "aiomcache",
         "tqdm",
-        "boto3",
-        "botocore",
-        "moto",
         "hypothesis",
         "pytest",
         "mypy",
@@ -55,6 +50,13 @@ TAKEN = frozenset(
         "worker",
     }
 )
+# Import names only a feature depends on: a project of such a name renders without it, not
+# with it (the supported and unsupported combinations of tests/test_hooks.py).
+FEATURE_TAKEN = {
+    "include_aiocache": frozenset({"aiocache", "aiomcache"}),
+    "include_streaming_io": frozenset({"boto3", "botocore", "moto", "s3transfer"}),
+    "include_tracing": frozenset({"opentelemetry"}),
+}
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 NAME_RULE = "use ASCII letters, digits, spaces, '-' or '_', starting with a letter"
@@ -106,6 +108,12 @@ def check(context: dict) -> None:
             f"project_name {name!r} gives the package name {slug!r}, which would shadow a "
             "package the project depends on or a folder it creates: choose another name"
         )
+    for feature, names in FEATURE_TAKEN.items():
+        if context[feature] is True and slug in names:
+            raise Rejected(
+                f"project_name {name!r} gives the package name {slug!r}, which would shadow a "
+                f"package {feature} needs: choose another name, or answer no to {feature}"
+            )
     email = context["author_email"]
     if not EMAIL.fullmatch(email):
         raise Rejected(f"author_email {email!r} is not an email address like name@example.com")

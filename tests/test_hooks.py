@@ -46,7 +46,6 @@ REJECTED = [
     ({"project_name": "Queue"}, "would shadow the standard-library module"),
     ({"project_name": "asyncio"}, "would shadow the standard-library module"),
     ({"project_name": "QuasiQueue"}, "would shadow a package the project depends on"),
-    ({"project_name": "aiocache"}, "would shadow a package the project depends on"),
     ({"project_name": "pydantic"}, "would shadow a package the project depends on"),
     ({"project_name": "9 Lives"}, "'9_lives', which is not a Python identifier: use ASCII"),
     ({"project_name": "Café Worker"}, "'café_worker', which is not ASCII: use ASCII letters"),
@@ -60,6 +59,23 @@ REJECTED = [
     ({"author_email": "a@b"}, "author_email 'a@b' is not an email address"),
     ({"description": "two\nlines"}, "description 'two\\nlines' spans several lines"),
 ]
+# Valid answers that do not go together, as cookiecutter-django lists them: each refused before
+# anything is written, with a one-line reason. The same name without the feature renders.
+UNSUPPORTED = [
+    ({"project_name": "aiocache", "include_aiocache": True}, "a package include_aiocache needs"),
+    ({"project_name": "moto", "include_streaming_io": True}, "a package include_streaming_io"),
+    ({"project_name": "OpenTelemetry", "include_tracing": True}, "package include_tracing needs"),
+]
+REJECTED += UNSUPPORTED
+
+
+@pytest.mark.parametrize(("answers", "message"), UNSUPPORTED)
+def test_an_unsupported_combination_is_supported_without_its_feature(
+    cookies: Any, answers: dict[str, Any], message: str
+) -> None:
+    without = {key: value if key == "project_name" else False for key, value in answers.items()}
+    result = cookies.bake(extra_context=without)
+    assert result.exit_code == 0, result.exception
 
 
 @pytest.mark.parametrize(("answers", "message"), REJECTED)

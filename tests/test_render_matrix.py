@@ -41,9 +41,10 @@ COMBOS: dict[str, dict[str, Any]] = {
         "license": "Proprietary",
         "python_version": "3.11",
     },
-    "aiocache-only": {
+    "cache-and-tracing": {  # tracing with the writer: the parent's span is the item's parent
         **ALL_OFF,
         "include_aiocache": True,
+        "include_tracing": True,
         "project_name": "cache warmer",
         "license": "GPL-3.0-only",
         "python_version": "3.12",
@@ -55,13 +56,12 @@ COMBOS: dict[str, dict[str, Any]] = {
         "license": "MIT",
         "python_version": "3.13",
     },
-    "spool-and-queue": {
+    "spool-only": {**ALL_OFF, "include_spool": True, "project_name": "orders"},
+    "streaming-only": {
         **ALL_OFF,
-        "include_spool": True,
-        "include_bounded_queue": True,
-        "include_tracing": True,  # tracing without Redis jobs (all-on has both)
-        "project_name": "orders",
-        "python_version": "3.12",
+        "include_streaming_io": True,
+        "project_name": "s3 copier",
+        "python_version": "3.13",
     },
     "longest-name": {"project_name": "Fmt Probe As Long As The Longest Name Xx"},
     "odd-text": {

@@ -215,15 +215,17 @@ async def test_failing_job_is_retried_then_dead_lettered_with_its_error(
     poison_rows = [row for row in journal.rows() if row[0] == "poison"]
     assert [row[1:] for row in poison_rows] == [[poison, str(a), "p"] for a in (1, 2, 3)]
     with Jobs(settings) as jobs:
-        [dead] = jobs.dead_letters()
+        [dead] = jobs.dead_list(10)
         assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, 1)
-    assert {name: dead[name] for name in ("job", "payload", "key", "attempts", "error")} == {
-        "job": poison,
-        "payload": '"poison"',
-        "key": "p",
-        "attempts": "3",
-        "error": "ValueError: cannot digest poison (attempt 3)",
-    }
+    assert (dead.job, dead.payload, dead.attempts, dead.error) == (
+        poison,
+        '"poison"',
+        3,
+        "ValueError: cannot digest poison (attempt 3)",
+    )
+    with client_for(server.port) as client:  # the key stays with it, for a replay
+        [(_, fields)] = client.xrange(dead_name(stream))
+    assert fields["key"] == "p"
 
 
 async def test_a_permanent_failure_goes_to_the_dead_letters_at_once(
@@ -245,9 +247,9 @@ async def test_a_permanent_failure_goes_to_the_dead_letters_at_once(
     assert (summary.succeeded, summary.failed) == (5, 1)
     assert journal.column(0)[bad] == 1  # neither retried in the process nor put back
     with Jobs(settings) as jobs:
-        [dead] = jobs.dead_letters()
-    assert (dead["job"], dead["attempts"]) == (bad, "1")
-    assert dead["error"] == "Permanent: malformed order"
+        [dead] = jobs.dead_list(10)
+    assert (dead.job, dead.attempts) == (bad, 1)
+    assert dead.error == "Permanent: malformed order"
 
 
 async def test_drain_claims_the_jobs_a_dead_consumer_left_pending(
@@ -311,11 +313,11 @@ async def test_a_job_whose_worker_keeps_dying_is_dead_lettered(server: Server, s
     # Each attempt: a death beside others, then one alone, which is the job's; then buried.
     assert (summary.succeeded, summary.failed) == (0, 2)
     with Jobs(settings) as jobs:
-        [dead] = jobs.dead_letters()
+        [dead] = jobs.dead_list(10)
         assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, 1)
-    assert (dead["job"], dead["attempts"]) == (crash, "2")
-    assert dead["error"].startswith("worker process t-alone-")
-    assert dead["error"].endswith(
+    assert (dead.job, dead.attempts) == (crash, 2)
+    assert dead.error.startswith("worker process t-alone-")
+    assert dead.error.endswith(
         "(code 17) while running it alone, 1 time(s): the item crashes its process"
     )
 
@@ -414,9 +416,9 @@ async def test_drain_goes_on_past_fetches_whose_jobs_are_all_buried(
     assert set(journal.column(1)) == {"1"}
     with Jobs(settings) as jobs:
         assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, 200)
-        dead = jobs.dead_letters(300)
-    assert {letter["job"] for letter in dead} == set(doomed)
-    assert {letter["attempts"] for letter in dead} == {"2"}
+        dead = jobs.dead_list(300)
+    assert {letter.job for letter in dead} == set(doomed)
+    assert {letter.attempts for letter in dead} == {2}
 
 
 # ---- instances on "many machines" -------------------------------------------------------------
@@ -565,14 +567,14 @@ def test_kill_9_restarts_under_one_name_bury_only_jobs_that_started_every_attemp
     rows = journal.rows()
     runs = Counter(row[1] for row in rows if row[0] == "begin")
     with Jobs(settings_for(server.port, stream)) as jobs:
-        dead = jobs.dead_letters(100)
+        dead = jobs.dead_list(100)
         assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, len(dead))
     assert dead, "no job was in flight at every kill: the restarts tested nothing"
     for letter in dead:  # every dead letter started in JOBS_MAX_ATTEMPTS runs
-        assert runs[letter["job"]] >= max_attempts, (letter, runs[letter["job"]])
-        assert letter["attempts"] == str(max_attempts)
+        assert runs[letter.job] >= max_attempts, (letter, runs[letter.job])
+        assert letter.attempts == max_attempts
     acked = Counter(ack["job"] for ack in acks(server.port, stream))
-    assert set(acked) | {letter["job"] for letter in dead} == submitted
+    assert set(acked) | {letter.job for letter in dead} == submitted
     assert max(acked.values()) == 1
     assert json.loads(out)["failed"] == len(dead)
 
@@ -619,7 +621,10 @@ def test_drain_exits_2_with_one_line_when_redis_is_unreachable_and_health_says_s
         took = time.monotonic() - begun
         assert drain.returncode == 2, err
         assert len(err.strip().splitlines()) == 1, err
-        assert err.startswith(f"error: Redis at {url} (JOBS_REDIS_URL) unreachable for 1.5s")
+        prefix = "{{ cookiecutter.__env_prefix }}"
+        assert err.startswith(
+            f"error: Redis at {url} ({prefix}JOBS_REDIS_URL) unreachable for 1.5s"
+        )
         assert 1.5 <= took < 1.5 + 8, took  # the timeout, plus starting Python
         assert out == ""
 

@@ -108,7 +108,7 @@ def test_commands_name_the_url_when_redis_is_down(stream: str) -> None:
         assert result.returncode == 2, (args, result.stderr)
         [line] = result.stderr.splitlines()
         assert line.startswith("error: "), line
-        assert f"Redis at {url} (JOBS_REDIS_URL)" in line, line
+        assert f"Redis at {url} ({prefix}JOBS_REDIS_URL)" in line, line
 
 
 def test_dead_letter_commands(server: Server, stream: str) -> None:

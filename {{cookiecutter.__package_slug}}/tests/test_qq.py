@@ -1,4 +1,4 @@
-{%- set source = "redis" if cookiecutter.include_redis_jobs else ("spool" if cookiecutter.include_spool else "writer") -%}
+{%- set source = cookiecutter.__source -%}
 """Tests of the sample code in qq.py: rewrite this file when you replace the sample.
 
 They call the sample reader and context exactly as the worker (and QuasiQueue) calls them,

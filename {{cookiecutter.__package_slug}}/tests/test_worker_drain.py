@@ -176,7 +176,7 @@ def test_max_unstarted_below_the_read_ahead_is_refused() -> None:
     # Each process holds up to one unstarted item per slot: 2 x 3 = 6.
     settings = fast_settings(num_processes=2, concurrent_tasks_per_process=3, max_unstarted=6)
     worker = Worker("t", read, settings=settings, source=DurableSource(writer_over([1]), settings))
-    with pytest.raises(WorkerError, match=r"MAX_UNSTARTED=6 is not above .* = 6\): set it"):
+    with pytest.raises(WorkerError, match=r"_MAX_UNSTARTED=6 is not above .* = 6\): set it"):
         asyncio.run(worker.drain())
     settings = fast_settings(num_processes=2, concurrent_tasks_per_process=3, max_unstarted=7)
     worker = Worker("t", read, settings=settings, source=DurableSource(writer_over([1]), settings))

@@ -26,7 +26,7 @@ from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .settings import Settings
+from .settings import ENV_PREFIX, Settings
 from .worker.remote import Outage
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class Cache:
         if self._memcached:
             raise CacheError(
                 "memcached cannot clear one namespace without flushing the whole server: "
-                "let the keys expire (CACHE_TTL) or use Redis"
+                f"let the keys expire ({ENV_PREFIX}CACHE_TTL) or use Redis"
             )
         return bool(await self._call("clear", False, namespace=self.namespace))
 

@@ -1,4 +1,4 @@
-{%- set source = "redis" if cookiecutter.include_redis_jobs else ("spool" if cookiecutter.include_spool else "writer") -%}
+{%- set source = cookiecutter.__source -%}
 """The reader and context the worker runs, and where its items come from. This file is yours.
 
 Serve until SIGTERM/SIGINT:

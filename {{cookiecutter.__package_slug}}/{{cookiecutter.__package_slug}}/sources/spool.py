@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import typer
 
-from ..settings import Settings
+from ..settings import ENV_PREFIX, Settings
 from ..spool import Batch, Consumer, Producer, dead_batches, purge_dead, recover, replay_dead
 from ..worker import Failure, Outcome, Source, SourceCli
 from ..worker.dead_letters import DeadLetter, dead_letter_commands
@@ -195,7 +195,10 @@ class SpoolCli(SourceCli):
     def check(self) -> str | None:
         """The spool folder must exist and be writable."""
         if not os.access(self.root, os.W_OK | os.X_OK):
-            return f"spool folder {str(self.root)!r} (SPOOL_ROOT) is missing or not writable"
+            return (
+                f"spool folder {str(self.root)!r} ({ENV_PREFIX}SPOOL_ROOT) is missing or not "
+                "writable"
+            )
         return None
 
 

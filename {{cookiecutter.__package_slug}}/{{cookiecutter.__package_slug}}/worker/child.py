@@ -36,6 +36,7 @@ from .calls import keywords, open_context
 from .instrument import Instrument
 from .metrics import Metrics
 from .retry import Permanent, ReaderTimeout, RetryAfter, backoff
+from .settings import env_name
 from .slots import TICK, TICK_GROWING, Slots, cpu_demand, next_limit
 from .source import Failure, ItemInfo, Session, Source
 from .texts import error_text, shorten
@@ -391,7 +392,7 @@ class _WorkerProcess(asyncio.Protocol):
                     with span:
                         result = call(item=given)
                         if is_async or inspect.isawaitable(result):
-                            await (_within(result, timeout) if timeout else result)
+                            await (_within(result, timeout, plan.settings) if timeout else result)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # every failure is the item's outcome
@@ -560,7 +561,7 @@ async def _per_item(name: str, call: Awaitable[Sequence[Any]], count: int) -> li
     return results
 
 
-async def _within(awaitable: Any, seconds: float) -> None:
+async def _within(awaitable: Any, seconds: float, settings: Any) -> None:
     """Await `awaitable`, cancelling it after `seconds`: then raise `ReaderTimeout`.
 
     A `TimeoutError` the reader raises itself stays its own error.
@@ -573,7 +574,7 @@ async def _within(awaitable: Any, seconds: float) -> None:
             task.cancel()
     if not done:
         await asyncio.wait({task}, timeout=CANCEL_GRACE)  # its cleanup, if it allows one
-        raise ReaderTimeout(seconds)
+        raise ReaderTimeout(seconds, env_name(settings, "READER_TIMEOUT"))
     task.result()
 
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from .child import CONTEXT_FAILED_EXIT, ReaderPlan, run_worker_process
 from .errors import ContextError
 from .retry import ReaderTimeout
+from .settings import env_name
 from .slots import Slots, ahead, committing
 from .source import Failure
 from .texts import error_text, shorten
@@ -360,9 +361,10 @@ class WorkerPool:
             return
         child.overran = seq
         logger.error(
-            "[%s] %s: the reader overran READER_TIMEOUT=%gs on %s: killing the process",
+            "[%s] %s: the reader overran %s=%gs on %s: killing the process",
             self.name,
             child.process.name,
+            env_name(self.plan.settings, "READER_TIMEOUT"),
             self.plan.timeout,
             shorten(self.items.get(seq)),
         )
@@ -394,7 +396,8 @@ class WorkerPool:
             child.deadline.cancel()
         if child.overran is not None:
             self._ended(child, child.overran)
-            text = error_text(ReaderTimeout(self.plan.timeout))
+            setting = env_name(self.plan.settings, "READER_TIMEOUT")
+            text = error_text(ReaderTimeout(self.plan.timeout, setting))
             self.outcomes.item_lost(child.overran, text, timed_out=True)
         not_started = sorted(child.held - child.started, reverse=True)
         suspects = sorted(child.held & child.started)

@@ -29,7 +29,8 @@ class RetryAfter(Exception):
 
 
 class ReaderTimeout(TimeoutError):
-    """The reader did not finish within READER_TIMEOUT seconds."""
+    """The reader did not finish within READER_TIMEOUT seconds (`setting` names the variable
+    with its prefix)."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"the reader did not finish within READER_TIMEOUT={seconds:g}s")
+    def __init__(self, seconds: float, setting: str = "READER_TIMEOUT") -> None:
+        super().__init__(f"the reader did not finish within {setting}={seconds:g}s")

@@ -8,7 +8,7 @@ QuasiQueue does.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from quasiqueue import Settings as QuasiQueueSettings
@@ -51,3 +51,10 @@ class WorkerSettings(QuasiQueueSettings):
     max_unstarted: int = Field(default=0, ge=0)
     # Seconds `drain` waits for an unreachable source before it exits 2.
     source_connect_timeout: float = Field(default=10.0, gt=0)
+
+
+def env_name(settings: Any, name: str) -> str:
+    """The environment variable that sets `name` (e.g. "READER_TIMEOUT") in `settings`: with
+    its prefix (MY_WORKER_READER_TIMEOUT), as messages name it."""
+    config = getattr(settings, "model_config", {})
+    return f"{config.get('env_prefix', '')}{name}"

@@ -26,6 +26,7 @@ from .child import ReaderPlan
 from .errors import WorkerError, WriterError
 from .metrics import serve_metrics
 from .pool import KILL_WAIT, PICKLE, WorkerPool
+from .settings import env_name
 from .slots import ahead
 from .source import Failure, Outcome, Source
 from .summary import Summary
@@ -63,7 +64,8 @@ class Supervisor:
             in_processes = most * processes
             if 0 < settings.max_unstarted <= in_processes:
                 raise WorkerError(
-                    f"MAX_UNSTARTED={settings.max_unstarted} is not above what the worker"
+                    f"{env_name(settings, 'MAX_UNSTARTED')}={settings.max_unstarted} is not"
+                    " above what the worker"
                     f" processes read ahead ({processes} x {most}"
                     f" = {in_processes}): set it above {in_processes}, or 0"
                 )

@@ -269,13 +269,6 @@ class Jobs:
             waiting = len(cast(list[Any], self._entries.xrange(self.stream, after, "+")))
         return JobStats(self.stream, int(waiting), int(group["pending"]), dead, scheduled)
 
-    def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
-        """The oldest `count` dead letters: job id, payload (JSON), key, attempts, error."""
-        return [
-            {name: as_text(value) for name, value in fields.items()}
-            for _, fields in self._dead_entries("-", "+", count)
-        ]
-
     # dead letters (worker.dead_letters.DeadLetters: `qq dead list | replay | purge`)
     def dead_list(self, limit: int) -> list[DeadLetter]:
         """The oldest `limit` dead letters; their id is the dead-letter stream's entry, their

@@ -12,7 +12,7 @@ from functools import partial
 import redis
 import typer
 
-from ...settings import Settings
+from ...settings import ENV_PREFIX, Settings
 from ...worker import SourceCli
 from ...worker.dead_letters import dead_letter_commands
 from .client import Jobs, dead_name
@@ -31,7 +31,7 @@ class JobsCli(SourceCli):
     def commands(self) -> list[Callable[..., None] | typer.Typer]:
         """`submit`, `stats` and `dead` (list, replay, purge)."""
         settings = self.settings
-        at_redis = f"Redis at {settings.jobs_redis_url} (JOBS_REDIS_URL)"
+        at_redis = f"Redis at {settings.jobs_redis_url} ({ENV_PREFIX}JOBS_REDIS_URL)"
 
         @contextmanager
         def one_line_errors() -> Iterator[None]:
@@ -96,5 +96,5 @@ class JobsCli(SourceCli):
             with Jobs(self.settings) as jobs:
                 jobs.client.ping()
         except (JobsError, redis.RedisError) as exc:
-            return f"Redis at {self.settings.jobs_redis_url} (JOBS_REDIS_URL): {exc}"
+            return f"Redis at {self.settings.jobs_redis_url} ({ENV_PREFIX}JOBS_REDIS_URL): {exc}"
         return None

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ...settings import Settings
+from ...settings import ENV_PREFIX, Settings
 from ...worker import Failure, Outcome, Source, SourceUnavailable
 from ...worker.remote import Outage
 from . import scripts
@@ -116,8 +116,9 @@ class RedisJobs(Source):
 
     def _unavailable(self, exc: BaseException) -> SourceUnavailable:
         return SourceUnavailable(
-            f"Redis at {self.settings.jobs_redis_url} (JOBS_REDIS_URL) unreachable for "
-            f"{self.settings.source_connect_timeout:g}s (SOURCE_CONNECT_TIMEOUT): {exc}"
+            f"Redis at {self.settings.jobs_redis_url} ({ENV_PREFIX}JOBS_REDIS_URL) unreachable "
+            f"for {self.settings.source_connect_timeout:g}s ({ENV_PREFIX}SOURCE_CONNECT_TIMEOUT)"
+            f": {exc}"
         )
 
     async def fetch(self, desired: int, wait: float) -> AsyncIterator[tuple[Any, ...]]:

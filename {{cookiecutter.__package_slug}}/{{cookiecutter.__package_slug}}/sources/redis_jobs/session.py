@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ...settings import Settings
+from ...settings import ENV_PREFIX, Settings
 from ...worker import Failure, ItemInfo, Session
 from ...worker.remote import Outage
 from ...worker.retry import backoff
@@ -134,10 +134,11 @@ class JobsSession(Session):
             codes = await self.acknowledge([delivery for _, delivery in succeeded])
             for (index, delivery), code in zip(succeeded, codes, strict=True):
                 if code == "not held":
+                    idle = f"{ENV_PREFIX}JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s"
                     results[index] = JobLost(
                         f"job {delivery.job_id} was acknowledged by another consumer that "
-                        f"claimed it (JOBS_CLAIM_IDLE {self.settings.jobs_claim_idle}s passed "
-                        "without a renewal): this result is not counted"
+                        f"claimed it ({idle} passed without a renewal): this result is not "
+                        "counted"
                     )
                 elif code == "gone":
                     results[index] = JobLost(
