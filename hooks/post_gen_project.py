@@ -59,7 +59,7 @@ FEATURE_FILES = {
         "deploy/k8s/secret.yaml",
     ],
     "include_spool": [
-        "{slug}/spool.py",
+        "{slug}/spool",
         "{slug}/sources/__init__.py",
         "{slug}/sources/spool.py",
         "tests/test_spool.py",
