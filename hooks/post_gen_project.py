@@ -29,7 +29,7 @@ FEATURE_FILES = {
         "deploy/k8s/secret.yaml",
     ],
     "include_streaming_io": [
-        "{slug}/streaming.py",
+        "{slug}/streaming",
         "tests/test_streaming.py",
         "tests/test_streaming_s3.py",
         "tests/test_streaming_recipe.py",
