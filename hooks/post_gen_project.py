@@ -37,7 +37,7 @@ FEATURE_FILES = {
         "docs/streaming.md",
     ],
     "include_bounded_queue": [
-        "{slug}/bounded_queue.py",
+        "{slug}/bounded_queue",
         "tests/test_bounded_queue.py",
         "tests/test_bounded_queue_props.py",
         "bench/bench_bounded_queue.py",
