@@ -29,7 +29,7 @@ FEATURE_FILES = {
         "deploy/k8s/secret.yaml",
     ],
     "include_streaming_io": [
-        "{slug}/streaming.py",
+        "{slug}/streaming",
         "tests/test_streaming.py",
         "tests/test_streaming_s3.py",
         "tests/test_streaming_recipe.py",
@@ -37,7 +37,7 @@ FEATURE_FILES = {
         "docs/streaming.md",
     ],
     "include_bounded_queue": [
-        "{slug}/bounded_queue.py",
+        "{slug}/bounded_queue",
         "tests/test_bounded_queue.py",
         "tests/test_bounded_queue_props.py",
         "bench/bench_bounded_queue.py",
@@ -59,7 +59,7 @@ FEATURE_FILES = {
         "deploy/k8s/secret.yaml",
     ],
     "include_spool": [
-        "{slug}/spool.py",
+        "{slug}/spool",
         "{slug}/sources/__init__.py",
         "{slug}/sources/spool.py",
         "tests/test_spool.py",

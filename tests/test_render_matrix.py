@@ -138,8 +138,8 @@ def test_feature_files_follow_the_flags(baked: tuple[dict[str, Any], Path]) -> N
     package = TEMPLATE / "{{cookiecutter.__package_slug}}" / "{{cookiecutter.__package_slug}}"
     modules = {
         "include_aiocache": "cache.py",
-        "include_streaming_io": "streaming.py",
-        "include_bounded_queue": "bounded_queue.py",
+        "include_streaming_io": "streaming",
+        "include_bounded_queue": "bounded_queue",
         "include_spool": "sources/spool.py",
         "include_redis_jobs": "sources/redis_jobs",
         "include_tracing": "tracing.py",

@@ -24,6 +24,7 @@ from {{ cookiecutter.__package_slug }}.spool import (
     SpoolFull,
     recover,
 )
+from {{ cookiecutter.__package_slug }}.spool import consumer as spool_consumer
 
 
 def listing(root: Path, folder: str) -> list[str]:
@@ -543,7 +544,7 @@ def test_claim_sets_aside_a_batch_that_fails_to_read(
     def broken(fd: int) -> bytes:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool, "_read_all", broken)
+    monkeypatch.setattr(spool_consumer, "_read_all", broken)
     assert Consumer(tmp_path).claim() is None
     assert listing(tmp_path, "claimed") == []
     assert listing(tmp_path, "corrupt") == [f"{path.name}.bad"]

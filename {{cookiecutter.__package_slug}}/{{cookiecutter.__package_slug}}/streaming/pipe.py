@@ -1,141 +1,33 @@
-"""A bounded in-memory byte pipe between one writer thread and one reader thread.
-
-``QueueIO`` is an :class:`io.RawIOBase` whose ``write`` side is fed by one thread
-(for example an S3 download) and whose ``read`` side is drained by another (for
-example ``upload_fileobj``).  Semantics, in short:
-
-* ``read(n)`` returns exactly ``n`` bytes unless the writer closed the stream
-  first; after end of stream every read returns ``b""``.  No byte is returned twice.
-* Waiting is done on condition variables, never by polling.  Nothing times out
-  unless a ``timeout`` was given.
-* ``LimitedQueueIO`` never buffers more than ``memory_limit`` bytes: larger writes
-  are split into ``chunk_size`` pieces, admitted as the reader makes room.  The
-  bound holds after a read times out too (see ``buffered``).
-* ``close()`` ends the data, not the file: ``closed`` turns true only when the
-  reader hangs up (``close_read()``), so ``io.BufferedReader``,
-  ``io.TextIOWrapper`` and what is built on them read a closed stream to its end.
-* Errors cross sides: ``abort(exc)`` (or an exception inside ``with``) makes the
-  reader's next read raise :class:`PipeAbortedError` caused by ``exc``;
-  ``close_read()`` makes the writer's next or blocked write raise
-  :class:`BrokenPipeError`.
-* ``HashingQueueIO`` hashes in the writer's thread as data passes, and
-  ``ProgressHashingQueueIO`` also drives a tqdm bar when tqdm is installed.
-
-One thread may write and one thread may read at a time; ``close``, ``abort``,
-``close_read`` and the properties may be used from any thread.
-"""
+"""``QueueIO``: the pipe itself, an ``io.RawIOBase`` with a write side, a read side and the
+ways each side ends (``close``, ``abort``, ``close_read``)."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import math
 import operator
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from .pieces import (
+    _NO_LIMIT,
+    DEFAULT_CHUNK_SIZE,
+    PipeAbortedError,
+    _as_bytes,
+    _byte_view,
+    _join,
+    _Piece,
+    _positive_int,
+    _timeout,
+)
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "DEFAULT_MEMORY_LIMIT",
-    "HashingQueueIO",
-    "LimitedQueueIO",
-    "PipeAbortedError",
-    "ProgressBar",
-    "ProgressHashingQueueIO",
-    "QueueIO",
-]
-
-DEFAULT_CHUNK_SIZE = 1024 * 1024
-"""Largest piece a write is split into while it waits for room (1 MiB)."""
-
-DEFAULT_MEMORY_LIMIT = 16 * 1024 * 1024
-"""Default buffer bound of :class:`LimitedQueueIO` (16 MiB)."""
-
-_NO_LIMIT = sys.maxsize
-
-# One buffered piece: (data, start, end); the piece is data[start:end].
-_Piece = tuple[bytes, int, int]
 _Pipe = TypeVar("_Pipe", bound="QueueIO")
-
-
-class PipeAbortedError(OSError):
-    """Raised to the reader (and any later writer) after ``abort()``; ``__cause__`` is its error."""
-
-
-class ProgressBar(Protocol):
-    """What :class:`ProgressHashingQueueIO` needs from a progress bar (tqdm fits)."""
-
-    def update(self, n: int) -> object:
-        """Advance the bar by ``n`` bytes."""
-
-    def close(self) -> None:
-        """Finish the bar."""
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _timeout(value: object) -> float | None:
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {value!r}")
-    return float(value)
-
-
-def _as_bytes(b: ReadableBuffer) -> bytes:
-    """Return ``b`` itself when it is ``bytes`` (immutable, no copy), else one copy of it."""
-    if type(b) is bytes:
-        return b
-    if isinstance(b, str):
-        raise TypeError("write() argument must be a bytes-like object, not 'str'")
-    try:
-        view = memoryview(b)
-    except TypeError:
-        raise TypeError(
-            f"write() argument must be a bytes-like object, not {type(b).__name__!r}"
-        ) from None
-    with view:
-        return view.tobytes()
-
-
-def _byte_view(view: memoryview) -> memoryview:
-    """``view`` as a flat writable byte view, checked before any data is taken."""
-    if view.readonly:
-        raise TypeError("readinto() argument must be a writable bytes-like object")
-    if view.format == "B" and view.ndim == 1:
-        return view
-    return view.cast("B")
-
-
-def _join(parts: list[_Piece]) -> bytes:
-    if len(parts) == 1:
-        data, start, end = parts[0]
-        if start == 0 and end == len(data):
-            return data
-        return data[start:end]
-    return b"".join(
-        [
-            data if start == 0 and end == len(data) else memoryview(data)[start:end]
-            for data, start, end in parts
-        ]
-    )
 
 
 class QueueIO(io.RawIOBase):
@@ -673,127 +565,3 @@ class QueueIO(io.RawIOBase):
             self.close()
         else:
             self.abort(exc)
-
-
-class LimitedQueueIO(QueueIO):
-    """A :class:`QueueIO` that never buffers more than ``memory_limit`` bytes.
-
-    A write that does not fit is split into ``chunk_size`` pieces (default
-    ``min(1 MiB, memory_limit)``), each admitted as the reader makes room.
-    """
-
-    def __init__(
-        self,
-        memory_limit: int = DEFAULT_MEMORY_LIMIT,
-        chunk_size: int | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(
-            memory_limit=_positive_int("memory_limit", memory_limit),
-            chunk_size=chunk_size,
-            timeout=timeout,
-        )
-
-
-class HashingQueueIO(LimitedQueueIO):
-    """A :class:`LimitedQueueIO` that hashes the bytes in the writer's thread as they pass.
-
-    ``hash_algorithm`` is any fixed-size :func:`hashlib.new` name.  The digest is
-    final, and available, once the writer called ``close()``.
-    """
-
-    def __init__(
-        self,
-        hash_algorithm: str = "sha256",
-        memory_limit: int = DEFAULT_MEMORY_LIMIT,
-        chunk_size: int | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(memory_limit, chunk_size, timeout=timeout)
-        try:
-            hasher = hashlib.new(hash_algorithm)
-        except (ValueError, TypeError) as error:  # with `as`: one format for every target
-            raise ValueError(
-                f"hash_algorithm must be a hashlib algorithm name, got {hash_algorithm!r}"
-            ) from error
-        if hasher.digest_size == 0:
-            raise ValueError(
-                f"hash_algorithm must have a fixed digest size, got {hash_algorithm!r}"
-            )
-        self._hasher = hasher
-
-    @property
-    def hash_name(self) -> str:
-        """The hash algorithm's name, as hashlib spells it."""
-        return self._hasher.name
-
-    def _admitted(self, data: bytes | memoryview) -> None:
-        self._hasher.update(data)
-
-    def _check_digest_ready(self) -> None:
-        if self._aborted:
-            raise RuntimeError("no digest: the stream was aborted")
-        if not self._write_closed:
-            raise RuntimeError("no digest yet: the writer has not called close()")
-
-    def digest(self) -> bytes:
-        """The digest of every byte written; raises ``RuntimeError`` before ``close()``."""
-        self._check_digest_ready()
-        return self._hasher.digest()
-
-    def hexdigest(self) -> str:
-        """The hex digest of every byte written; raises ``RuntimeError`` before ``close()``."""
-        self._check_digest_ready()
-        return self._hasher.hexdigest()
-
-    def get_hash(self) -> str:
-        """Same as :meth:`hexdigest` (the seed's name)."""
-        return self.hexdigest()
-
-
-def _tqdm_bar(total: int | None, desc: str | None) -> ProgressBar | None:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
-
-
-class ProgressHashingQueueIO(HashingQueueIO):
-    """A :class:`HashingQueueIO` that reports written bytes to a progress bar.
-
-    Without ``bar`` it makes a tqdm bar (``total_size`` bytes, ``desc``) when tqdm
-    is installed; without tqdm it runs with no bar (``progress`` is None).  The
-    bar advances in the writer's thread and is closed when the write side ends.
-    """
-
-    def __init__(
-        self,
-        total_size: int | None = None,
-        hash_algorithm: str = "sha256",
-        memory_limit: int = DEFAULT_MEMORY_LIMIT,
-        chunk_size: int | None = None,
-        *,
-        timeout: float | None = None,
-        bar: ProgressBar | None = None,
-        desc: str | None = None,
-    ) -> None:
-        if total_size is not None and (
-            isinstance(total_size, bool) or not isinstance(total_size, int) or total_size < 0
-        ):
-            raise ValueError(
-                f"total_size must be a non-negative integer or None, got {total_size!r}"
-            )
-        super().__init__(hash_algorithm, memory_limit, chunk_size, timeout=timeout)
-        self.progress: ProgressBar | None = bar if bar is not None else _tqdm_bar(total_size, desc)
-
-    def _admitted(self, data: bytes | memoryview) -> None:
-        super()._admitted(data)
-        if self.progress is not None:
-            self.progress.update(len(data))
-
-    def _write_end_closed(self, clean: bool) -> None:
-        if self.progress is not None:
-            self.progress.close()
