@@ -38,22 +38,35 @@ def template_repository(tmp_path: Path) -> Path:
     return template
 
 
-def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Path) -> None:
-    template = template_repository(tmp_path)
-
+def make_project(
+    template: Path, tmp_path: Path, *options: str, tool: str = "cruft"
+) -> tuple[Path, str]:
+    """`cruft create` (or plain `cookiecutter`) from `template` with the defaults and
+    `options`; the project, committed to a git repository of its own, and what the
+    command printed."""
+    command = [str(BIN / tool)] + (["create"] if tool == "cruft" else [])
     out = tmp_path / "out"
-    created = run(
-        [
-            *(str(BIN / "cruft"), "create", "--no-input", "--checkout", "v0.1.0"),
-            *("--output-dir", str(out), str(template)),
-        ],
-        cwd=tmp_path,
+    made = run(
+        [*command, "--no-input", *options, "--output-dir", str(out), str(template)], tmp_path
     )
-    assert created.returncode == 0, created.stdout + created.stderr
+    assert made.returncode == 0, made.stdout + made.stderr
     project = out / "my_worker"
     git(project, "init", "-q", "-b", "main")
     git(project, "add", "-A")
-    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "created")
+    commit(project, "created")
+    return project, made.stdout
+
+
+def commit(repository: Path, message: str, *options: str) -> None:
+    """Commit in `repository` (a template or a project)."""
+    identity = ("-c", "user.name=u", "-c", "user.email=u@example.com")
+    git(repository, *identity, "commit", "-q", *options, "-m", message)
+
+
+def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Path) -> None:
+    template = template_repository(tmp_path)
+
+    project, _ = make_project(template, tmp_path, "--checkout", "v0.1.0")
 
     qq = project / "my_worker" / "qq.py"
     qq.write_text(qq.read_text().replace("a stand-in for real work", "our real work"))
@@ -63,7 +76,7 @@ def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Pat
     state = json.loads(cruft_json.read_text())
     cruft_json.write_text(json.dumps({**state, "skip": ["Dockerfile"]}, indent=2) + "\n")
     dockerfile = (project / "Dockerfile").read_text()
-    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qam", "edit")
+    commit(project, "edit", "-a")
 
     summary = (
         template
@@ -80,7 +93,7 @@ def test_cruft_update_brings_template_changes_and_keeps_user_edits(tmp_path: Pat
     )
     template_dockerfile = template / "{{cookiecutter.__package_slug}}" / "Dockerfile"
     template_dockerfile.write_text("# v2\n" + template_dockerfile.read_text())
-    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+    commit(template, "v2", "-a")
     git(template, "tag", "v0.2.0")
 
     checked = run([str(BIN / "cruft"), "check"], cwd=project)
@@ -133,13 +146,13 @@ def test_the_files_that_are_yours_are_left_out_of_updates(tmp_path: Path) -> Non
     mine = [path.read_text() for path in yours]
     git(project, "init", "-q", "-b", "main")
     git(project, "add", "-A")
-    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "ours")
+    commit(project, "ours")
 
     package = template / "{{cookiecutter.__package_slug}}"
     sample = package / "{{cookiecutter.__package_slug}}" / "qq.py"
     for path in (sample, package / "tests" / "test_qq.py", package / "Makefile"):
         path.write_text(path.read_text().replace("\n", "\n# The template's v2.\n", 1))
-    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+    commit(template, "v2", "-a")
     updated = run([str(BIN / "cruft"), "update", "--skip-apply-ask"], cwd=project)
 
     assert updated.returncode == 0, updated.stdout + updated.stderr
@@ -156,19 +169,10 @@ def test_a_plain_cookiecutter_project_links_to_the_version_it_came_from(tmp_path
     template = template_repository(tmp_path)
     version = json.loads((template / "cookiecutter.json").read_text())["__template_version"]
     git(template, "tag", "-f", f"v{version}")
-    out = tmp_path / "out"
-    made = run(
-        [str(BIN / "cookiecutter"), "--no-input", "--output-dir", str(out), str(template)],
-        cwd=tmp_path,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    project = out / "my_worker"
-    git(project, "init", "-q", "-b", "main")
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "made")
+    project, _ = make_project(template, tmp_path, tool="cookiecutter")
     makefile = template / "{{cookiecutter.__package_slug}}" / "Makefile"
     makefile.write_text(makefile.read_text() + "\n# A change of the template's next version.\n")
-    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+    commit(template, "v2", "-a")
 
     readme = (project / "README.md").read_text()
     (command,) = re.findall(r"^\.venv/bin/(cruft link .*)$", readme, re.MULTILINE)
@@ -180,7 +184,7 @@ def test_a_plain_cookiecutter_project_links_to_the_version_it_came_from(tmp_path
     assert state["commit"] == git(template, "rev-parse", f"v{version}^{{commit}}").strip()
     assert run([str(BIN / "cruft"), "check"], cwd=project).returncode != 0  # behind: v2
     git(project, "add", ".cruft.json")
-    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "link")
+    commit(project, "link")
     updated = run([str(BIN / "cruft"), "update", "--skip-apply-ask"], cwd=project)
     assert updated.returncode == 0, updated.stdout + updated.stderr
     assert "# A change of the template's next version." in (project / "Makefile").read_text()
@@ -190,20 +194,11 @@ def test_next_steps_follow_the_first_render_only(tmp_path: Path) -> None:
     """`cruft create` prints the next steps; `cruft diff` and `cruft update`, which render the
     template again into a temporary folder, do not print them into their output."""
     template = template_repository(tmp_path)
-    out = tmp_path / "out"
-    created = run(
-        [str(BIN / "cruft"), "create", "--no-input", "--output-dir", str(out), str(template)],
-        cwd=tmp_path,
-    )
-    assert created.returncode == 0, created.stdout + created.stderr
-    assert "Created My Worker. Next:" in created.stdout
-    project = out / "my_worker"
-    git(project, "init", "-q", "-b", "main")
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "created")
+    project, printed = make_project(template, tmp_path)
+    assert "Created My Worker. Next:" in printed
     readme = template / "{{cookiecutter.__package_slug}}" / "README.md"
     readme.write_text(readme.read_text() + "\nA line from the template's next version.\n")
-    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+    commit(template, "v2", "-a")
 
     differences = run([str(BIN / "cruft"), "diff", "--checkout", "main"], cwd=project)
     updated = run([str(BIN / "cruft"), "update", "--skip-apply-ask"], cwd=project)
@@ -281,19 +276,10 @@ def test_interactive_cruft_update_asks_shows_and_applies(tmp_path: Path) -> None
     """`cruft update` as a person runs it: at its question, `v` shows the changes, then `y`
     applies them (typer 0.26 and newer made cruft 2.16 crash there)."""
     template = template_repository(tmp_path)
-    out = tmp_path / "out"
-    created = run(
-        [str(BIN / "cruft"), "create", "--no-input", "--output-dir", str(out), str(template)],
-        cwd=tmp_path,
-    )
-    assert created.returncode == 0, created.stdout + created.stderr
-    project = out / "my_worker"
-    git(project, "init", "-q", "-b", "main")
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "created")
+    project, _ = make_project(template, tmp_path)
     readme = template / "{{cookiecutter.__package_slug}}" / "README.md"
     readme.write_text(readme.read_text() + "\nA line from the template's next version.\n")
-    git(template, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "v2")
+    commit(template, "v2", "-a")
 
     status, output = answer_in_a_terminal([str(BIN / "cruft"), "update"], project, ["v", "y"])
 
