@@ -53,6 +53,28 @@ def test_json_logs_come_from_parent_and_worker_processes(tmp_path: Path) -> None
     assert all("-worker-" in name for name in workers)
 
 
+def test_serve_says_in_one_line_what_it_serves_and_how(tmp_path: Path) -> None:
+    port = free_port()
+    settings = {"NUM_PROCESSES": "3", "METRICS_PORT": str(port), "LOG_LEVEL": "INFO"}
+    serve = subprocess.Popen(
+        [sys.executable, str(APP), str(tmp_path / "journal.tsv"), "listen"],
+        cwd=PROJECT,
+        env=clean_env(**settings),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None
+        first = serve.stderr.readline()  # bounded by the test's timeout
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=30)
+    assert first.rstrip().endswith(
+        "[app] serving WriterSource(writer='main.<locals>.writer'): 3 processes, 16 to 5000"
+        f" reader slots a process, adapting, metrics at http://127.0.0.1:{port}/metrics"
+    ), first
+
+
 def test_no_progress_bar_in_a_pipe(tmp_path: Path) -> None:
     result = subprocess.run(
         command(tmp_path),

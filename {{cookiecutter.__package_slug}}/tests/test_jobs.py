@@ -614,18 +614,25 @@ def test_drain_exits_2_with_one_line_when_redis_is_unreachable_and_health_says_s
 ) -> None:
     port = free_port()  # nothing listens there
     url = f"redis://127.0.0.1:{port}/0"
+    prefix = "{{ cookiecutter.__env_prefix }}"
     with instances(port, stream, journal) as start:
         begun = time.monotonic()
-        drain = start("c", "drain", "--connect-timeout", "1.5")
+        drain = start("c", "drain", "--connect-timeout", "3")
+        assert drain.stderr is not None
+        # At once, while it waits: that it waits, for what and how long.
+        first = drain.stderr.readline()
+        assert drain.poll() is None, first
+        assert (
+            f"WARNING MainProcess {jobs_module.__name__}.feed: Redis at {url}"
+            f" ({prefix}JOBS_REDIS_URL) unreachable, waiting up to 3s"
+            f" ({prefix}SOURCE_CONNECT_TIMEOUT): "
+        ) in first, first
         out, err = drain.communicate(timeout=60)
         took = time.monotonic() - begun
         assert drain.returncode == 2, err
-        assert len(err.strip().splitlines()) == 1, err
-        prefix = "{{ cookiecutter.__env_prefix }}"
-        assert err.startswith(
-            f"error: Redis at {url} ({prefix}JOBS_REDIS_URL) unreachable for 1.5s"
-        )
-        assert 1.5 <= took < 1.5 + 8, took  # the timeout, plus starting Python
+        assert len(err.strip().splitlines()) == 1, err  # then one line, the error
+        assert err.startswith(f"error: Redis at {url} ({prefix}JOBS_REDIS_URL) unreachable for 3s")
+        assert 3 <= took < 3 + 8, took  # the timeout, plus starting Python
         assert out == ""
 
         metrics = free_port()

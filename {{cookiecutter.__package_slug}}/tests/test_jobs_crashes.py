@@ -5,7 +5,9 @@ redis-server."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,8 +31,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("always", [False, True], ids=["crashes once", "crashes every time"])
 async def test_a_job_that_kills_its_process_costs_only_itself(
-    server: Server, journal: Journal, tmp_path: Path, always: bool
+    server: Server,
+    journal: Journal,
+    tmp_path: Path,
+    always: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.ERROR)
     stream = new_stream()
     settings = settings_for(server.port, stream, jobs_max_attempts=2)
     with Jobs(settings) as jobs:
@@ -48,6 +55,10 @@ async def test_a_job_that_kills_its_process_costs_only_itself(
 
     expected = [n for n in range(200) if not (always and n == 7)]
     assert sorted(int(row[0]) for row in journal.rows()) == expected  # each once
+    # A job that crashed its process alone fails; the log names it by its id.
+    lost = [record.getMessage() for record in caplog.records if " failed: " in record.getMessage()]
+    assert len(lost) == (2 if always else 0), lost
+    assert all(re.search(r"\] item \d+-\d+ failed: ", line) for line in lost), lost
     with Jobs(settings) as jobs:
         dead = jobs.dead_list(10)
         assert jobs.stats() == jobs_module.JobStats(stream, 0, 0, len(dead))

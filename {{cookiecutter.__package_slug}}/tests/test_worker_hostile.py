@@ -147,9 +147,8 @@ async def test_async_reader_timeout_fails_the_item_and_is_retried_per_policy(
     assert (summary.succeeded, summary.failed, summary.timed_out) == (4, 1, 1)
     [(item, error)] = source.failures
     assert item == 0
-    assert error.startswith(
-        "ReaderTimeout: the reader did not finish within {{ cookiecutter.__env_prefix }}READER_TIMEOUT=0.3s"
-    )
+    setting = "{{ cookiecutter.__env_prefix }}READER_TIMEOUT"
+    assert error.startswith(f"ReaderTimeout: the reader did not finish within {setting}=0.3s")
     assert journal.column(0)["0"] == 2  # retried once
 
 

@@ -1,4 +1,4 @@
-"""Settings, read from environment variables and a `.env` file.
+"""Settings, read from environment variables and `.env` files.
 
 Each variable is a field name in capitals after {{ cookiecutter.__env_prefix }}.
 `.env.example` lists them all with their defaults. The prefix is set here, on the final
@@ -8,14 +8,17 @@ class, so it is the same whatever features the project was rendered with; QuasiQ
 
 from __future__ import annotations
 
-{% if cookiecutter.include_redis_jobs -%}
+import difflib
+import os
 import re
-{% endif -%}
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 {%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
 from urllib.parse import parse_qs, urlsplit
 {%- endif %}
 
+from dotenv import dotenv_values
 from pydantic import (
 {%- if cookiecutter.include_aiocache or cookiecutter.include_spool or cookiecutter.include_redis_jobs %}
     Field,
@@ -37,6 +40,12 @@ from pydantic_settings import SettingsConfigDict
 from .worker.settings import WorkerSettings
 
 ENV_PREFIX = "{{ cookiecutter.__env_prefix }}"
+# The `.env` files read, the later winning: the project's (next to pyproject.toml), then the
+# current folder's. Environment variables win over both.
+ENV_FILES = (Path(__file__).resolve().parents[1] / ".env", Path(".env"))
+# What Kubernetes sets for a Service named like the project (the prefix, then SERVICE_HOST,
+# PORT_9000_TCP, ...): not settings, and not misspelt ones either.
+_SERVICE_LINK = re.compile(r"SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?")
 {%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
 # The server URLs checked: field -> (schemes, the forms to use, where its password goes).
 _SERVER_URLS = {
@@ -64,7 +73,7 @@ class Settings(WorkerSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
-        env_file=".env",
+        env_file=ENV_FILES,
         env_file_encoding="utf-8",
         extra="ignore",
         env_ignore_empty=True,
@@ -136,14 +145,38 @@ class Settings(WorkerSettings):
 
 
 def load() -> Settings:
-    """The settings from the environment and `.env`. A bad value ends the program with one
-    line per problem on stderr, naming the variable and the rule, and exit status 2."""
+    """The settings from the environment and the `.env` files. A bad value ends the program
+    with one line per problem on stderr, naming the variable and the rule, and exit status 2.
+    A variable with the prefix that is no setting (a misspelt one) gets a warning line."""
+    for warning in unknown_variables(os.environ, ENV_FILES):
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         return Settings()
     except ValidationError as exc:
         for problem in problems(exc):
             print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def unknown_variables(environ: Mapping[str, str], env_files: tuple[Path, ...]) -> list[str]:
+    """One line per variable with the prefix, in `environ` or `env_files`, that sets nothing:
+    where it is and the closest real variable, if one is close."""
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    found = dict.fromkeys(environ, "the environment")
+    for path in dict.fromkeys(path.resolve() for path in env_files):
+        if path.is_file():
+            found.update(dict.fromkeys(dotenv_values(path), str(path)))
+    lines = []
+    for name, where in sorted(found.items()):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        if _SERVICE_LINK.fullmatch(upper.removeprefix(ENV_PREFIX)):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        hint = f"did you mean {close[0]}?" if close else "see .env.example for the settings"
+        lines.append(f"{name} (in {where}) is not a setting: {hint}")
+    return lines
 
 
 def problems(exc: ValidationError) -> list[str]:

@@ -249,7 +249,8 @@ class _WorkerProcess(asyncio.Protocol):
             item = self._unpickle(frame)
             if item is _UNREADABLE:
                 continue
-            task = loop.create_task(self._read_item(frame, item, item, started, _NO_INFO))
+            info = _describe(self.plan.source, item)
+            task = loop.create_task(self._read_item(frame, item, item, started, info))
             self.tasks.add(task)
             task.add_done_callback(self._task_done)
 
@@ -328,7 +329,7 @@ class _WorkerProcess(asyncio.Protocol):
         given = await _per_item("begin", session.begin(items), len(items))
         loop = asyncio.get_running_loop()
         for (frame, item, started), what in zip(readable, given, strict=True):
-            info = _describe(session, item)
+            info = _describe(self.plan.source, item)
             if isinstance(what, BaseException):  # it fails; a commit step still sees it
                 refusal = Failure(error_text(what), permanent=isinstance(what, Permanent))
                 label = _label(info, item)
@@ -445,7 +446,7 @@ class _WorkerProcess(asyncio.Protocol):
                 ended.failure is not None and ended.failure.permanent
             )
             failure = Failure(error_text(result), permanent=permanent)
-            label = ended.label or _label(_describe(self.session, ended.item), ended.item)
+            label = ended.label or _label(_describe(self.plan.source, ended.item), ended.item)
             self._report(ended._replace(label=label), failure)
 
     def _report(self, ended: _Ended, failure: Failure | None) -> None:
@@ -524,10 +525,10 @@ class _WorkerProcess(asyncio.Protocol):
 _UNREADABLE = object()  # what `_unpickle` returns for an item it could not read
 
 
-def _describe(session: Session, item: Any) -> ItemInfo:
-    """What the session knows of `item`; nothing if asking fails."""
+def _describe(source: Source, item: Any) -> ItemInfo:
+    """What the source knows of `item`; nothing if asking fails."""
     try:
-        return session.describe(item)
+        return source.describe(item)
     except Exception:
         return _NO_INFO
 

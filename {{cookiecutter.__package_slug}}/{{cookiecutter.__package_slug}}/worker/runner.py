@@ -112,6 +112,15 @@ class Worker:
             name=self.name,
             tracing=self.tracing,
         )
+        logger.info(
+            "[%s] %s %r: %d processes, %s, %s",
+            self.name,
+            "draining" if drain else "serving",
+            source,
+            settings.num_processes,
+            slots,
+            _metrics_text(settings),
+        )
         return Supervisor(self.name, source, plan, drain=drain, progress=progress)
 
     async def _run(
@@ -123,3 +132,9 @@ class Worker:
         finally:
             if metrics is not None:
                 metrics.close()
+
+
+def _metrics_text(settings: WorkerSettings) -> str:
+    if settings.metrics_port == 0:
+        return "no metrics (METRICS_PORT is 0)"
+    return f"metrics at http://{settings.metrics_host}:{settings.metrics_port}/metrics"

@@ -50,6 +50,13 @@ class Slots:
         """The fewest slots the process keeps."""
         return min(FLOOR, self.ceiling) if self.adaptive else self.start
 
+    def __str__(self) -> str:
+        if self.adaptive:
+            return f"{self.start} to {self.ceiling} reader slots a process, adapting"
+        if self.ceiling == 1:
+            return "1 reader call at a time a process"
+        return f"{self.ceiling} reader slots a process"
+
 
 def ahead(limit: int) -> int:
     """How many items a process with `limit` slots may hold that have not started: enough to

@@ -102,10 +102,6 @@ class Session:
         fails with it). If it raises, every item of the call fails with that error."""
         return [None] * len(done)
 
-    def describe(self, item: Any) -> ItemInfo:
-        """What this source knows of `item` (as fetched), for tracing and logs."""
-        return ItemInfo()
-
 
 class SourceCli:
     """The part of a source in the command line (`python -m <package>.qq ...`)."""
@@ -180,6 +176,11 @@ class Source:
         the gauges out.
         """
         return {}
+
+    def describe(self, item: Any) -> ItemInfo:
+        """What this source knows of `item` (as fetched), for tracing and logs, in any
+        process; it must not block."""
+        return ItemInfo()
 
     def session(self) -> Session | None:
         """In each worker process, once, after the fork: this source's `Session`, or None

@@ -271,7 +271,7 @@ class Supervisor:
             metrics.failed.inc()
             if timed_out:
                 metrics.timed_out.inc()
-        logger.error("[%s] item %s failed: %s", self.name, shorten(self.items[seq]), error)
+        logger.error("[%s] item %s failed: %s", self.name, self._label(self.items[seq]), error)
         outcome = Outcome.FAILED if timed_out else Outcome.LOST
         self._settle(seq, outcome, Failure(error))
 
@@ -288,13 +288,23 @@ class Supervisor:
         if self.plan.metrics is not None:
             self.plan.metrics.queue_depth.set(len(self.queue))
 
+    def _label(self, item: Any) -> str:
+        """How logs name an item: its id, as its source knows it, or its repr."""
+        try:
+            known = self.source.describe(item).id
+        except Exception:
+            known = None
+        return known if known is not None else shorten(item)
+
     def _settle(self, seq: int, outcome: Outcome, error: Failure | None) -> None:
         """Settle one item with the source: the one place every outcome goes."""
         item = self.items.pop(seq)
         try:
             self.source.settle(item, outcome, error)
         except Exception:
-            logger.exception("[%s] settling %s raised for %s", self.name, outcome, shorten(item))
+            logger.exception(
+                "[%s] settling %s raised for %s", self.name, outcome, self._label(item)
+            )
         if self.progress is not None:
             finished = self.succeeded + self.failed + len(self.unstarted)
             self.progress(finished, self.enqueued)

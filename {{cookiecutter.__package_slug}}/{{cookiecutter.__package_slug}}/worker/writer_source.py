@@ -23,6 +23,10 @@ class WriterSource(Source):
         self.settings = settings
         self._takes = check_writer(writer)
 
+    def __repr__(self) -> str:
+        writer = getattr(self.writer, "__qualname__", self.writer)
+        return f"{type(self).__name__}(writer={writer!r})"
+
     async def fetch(self, desired: int, wait: float) -> AsyncIterator[Any]:
         """Call the writer once (the runtime paces the calls: at most one per `wait` seconds
         while it yields nothing new)."""

@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...settings import ENV_PREFIX, Settings
-from ...worker import Failure, Outcome, Source, SourceUnavailable
+from ...worker import Failure, ItemInfo, Outcome, Source, SourceUnavailable
 from ...worker.remote import Outage
 from . import scripts
 from .client import (
@@ -32,7 +32,7 @@ from .client import (
     wake_name,
 )
 from .commands import JobsCli
-from .model import JobStats, as_text, attempt_of, delivery
+from .model import Delivery, JobStats, as_text, attempt_of, delivery
 from .session import GONE, STOPPED, JobsSession
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,11 @@ class RedisJobs(Source):
     def __repr__(self) -> str:
         return f"RedisJobs(url={self.settings.jobs_redis_url!r}, stream={self.stream!r})"
 
+    def describe(self, item: Any) -> ItemInfo:
+        """The job's id, the attempt this run is, and its submitter's trace context."""
+        job = Delivery._make(item)
+        return ItemInfo(job.job_id, job.attempt or None, job.traceparent or None)
+
     # parent
     async def open(self, *, drain: bool) -> None:
         """Connect and join the group. A drain that cannot reach Redis within
@@ -100,6 +105,7 @@ class RedisJobs(Source):
         self._fetching = asyncio.Lock()  # of this run's event loop
         self._joined = False
         deadline = time.monotonic() + self.settings.source_connect_timeout
+        waiting = False
         while True:
             try:
                 await self._open()
@@ -109,9 +115,19 @@ class RedisJobs(Source):
                 if not drain:
                     self._outage.failed(exc)  # logged; `fetch` retries
                     return
-                # A drain logs nothing here: if Redis stays away, its one error line says it.
                 if time.monotonic() >= deadline:
                     raise self._unavailable(exc) from None
+                if not waiting:  # one line now; if Redis stays away, one error line says so
+                    waiting = True
+                    logger.warning(
+                        "Redis at %s (%sJOBS_REDIS_URL) unreachable, waiting up to %gs"
+                        " (%sSOURCE_CONNECT_TIMEOUT): %s",
+                        self.settings.jobs_redis_url,
+                        ENV_PREFIX,
+                        self.settings.source_connect_timeout,
+                        ENV_PREFIX,
+                        exc,
+                    )
             await asyncio.sleep(OUTAGE_PAUSE)
 
     def _unavailable(self, exc: BaseException) -> SourceUnavailable:

@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...settings import ENV_PREFIX, Settings
-from ...worker import Failure, ItemInfo, Session
+from ...worker import Failure, Session
 from ...worker.remote import Outage
 from ...worker.retry import backoff
 from ...worker.texts import shorten
@@ -70,11 +70,6 @@ class JobsSession(Session):
         if self.client is not None:
             await self.client.aclose()
         self.wire = self.client = None
-
-    def describe(self, item: Any) -> ItemInfo:
-        """The job's id, the attempt this run is, and its submitter's trace context."""
-        delivery = Delivery._make(item)
-        return ItemInfo(delivery.job_id, delivery.attempt or None, delivery.traceparent or None)
 
     async def begin(self, items: Sequence[Any]) -> list[Job | Exception]:
         """Record that the jobs start (one call for all), then decode each for its reader.
