@@ -319,7 +319,7 @@ def test_a_setting_added_as_docs_worker_md_says(cookies: Any) -> None:
     (line,) = re.findall(r"`([A-Z_]+=[^`]+)`", section)
     settings = project / project.name / "settings.py"
     text = settings.read_text()
-    first = re.search(r"^    project_name: str = .*\n", text, re.MULTILINE)
+    first = re.search(r"^    project_name: str = .*?^    \)\n", text, re.MULTILINE | re.DOTALL)
     assert first, "no project_name field to add ours after"
     ours = f"    # Seconds to wait for the billing API.\n    {field}\n"
     settings.write_text(text[: first.end()] + ours + text[first.end() :])

@@ -20,9 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
-{%- if cookiecutter.include_aiocache or cookiecutter.include_spool or cookiecutter.include_redis_jobs %}
     Field,
-{%- endif %}
 {%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
     SecretStr,
 {%- endif %}
@@ -80,7 +78,11 @@ class Settings(WorkerSettings):
         validate_default=True,
     )
 
-    project_name: str = "{{ cookiecutter.__package_slug }}"
+    # Names the worker: its logs, its processes and its metrics (<name>_items_started_total).
+    project_name: str = Field(
+        default="{{ cookiecutter.__package_slug }}",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$",
+    )
 {%- if cookiecutter.include_aiocache %}
 
     # The cache (see docs/cache.md).

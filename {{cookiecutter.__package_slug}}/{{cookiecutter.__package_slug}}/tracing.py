@@ -145,7 +145,11 @@ class Tracing:
         worker's name) and its exporters."""
         self._name = name
         service = os.environ.get("OTEL_SERVICE_NAME") or name
-        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+        # Not shut down at exit: `process_stopping` does it within `flush_timeout` (from
+        # Python 3.13 a forked process runs atexit hooks, and the SDK's waits for the exporter).
+        provider = TracerProvider(
+            resource=Resource.create({SERVICE_NAME: service}), shutdown_on_exit=False
+        )
         for exporter in self.exporters():
             provider.add_span_processor(BatchSpanProcessor(exporter))
         self._provider = provider

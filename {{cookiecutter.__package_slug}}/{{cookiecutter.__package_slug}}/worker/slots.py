@@ -89,7 +89,9 @@ def cpu_demand() -> float:
     busy; where that file is missing, its CPU time."""
     try:
         with open("/proc/self/schedstat", "rb") as stats:
-            ran, waited = stats.read().split()[:2]
-    except (OSError, ValueError):
+            fields = stats.read().split()
+    except OSError:
+        fields = []
+    if len(fields) < 2 or not (fields[0].isdigit() and fields[1].isdigit()):
         return time.process_time()
-    return (int(ran) + int(waited)) / 1e9
+    return (int(fields[0]) + int(fields[1])) / 1e9
