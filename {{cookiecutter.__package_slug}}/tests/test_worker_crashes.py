@@ -6,6 +6,8 @@ import asyncio
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,67 +94,75 @@ async def test_max_retries_gives_a_crashing_item_more_runs_alone(
     assert "3 time(s)" in error
 
 
-def in_flight_counter() -> tuple[Any, Any]:
-    """A shared (now, most) pair of counters and its lock, inherited by worker processes."""
-    return FORK.Array("l", [0, 0]), FORK.Lock()
+class InFlight:
+    """How many readers run now, and the most that ever ran at once: counters shared with
+    the worker processes (inherited through fork)."""
+
+    def __init__(self) -> None:
+        self.counts: Any = FORK.Array("l", [0, 0])
+        self.lock: Any = FORK.Lock()
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        """Count one reader while the block runs."""
+        with self.lock:
+            self.counts[0] += 1
+            self.counts[1] = max(self.counts[1], self.counts[0])
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.counts[0] -= 1
+
+    @property
+    def most(self) -> int:
+        return int(self.counts[1])
 
 
 async def test_readers_that_wait_get_hundreds_of_slots_by_default() -> None:
-    counts, lock = in_flight_counter()
+    in_flight = InFlight()
 
     async def reader(item: int) -> None:
-        with lock:
-            counts[0] += 1
-            counts[1] = max(counts[1], counts[0])
-        await asyncio.sleep(0.5)
-        with lock:
-            counts[0] -= 1
+        with in_flight.one():
+            await asyncio.sleep(0.5)
 
     settings = fast_settings(num_processes=1)
     summary = await Worker("t", reader, writer=writer_over(range(1500)), settings=settings).drain()
 
     assert summary.succeeded == 1500
-    assert counts[1] >= 200, f"at most {counts[1]} in flight at once in one process"
+    assert in_flight.most >= 200, f"at most {in_flight.most} in flight at once in one process"
 
 
 async def test_a_reader_that_computes_keeps_the_floor_of_slots() -> None:
-    counts, lock = in_flight_counter()
+    in_flight = InFlight()
 
     async def reader(item: int) -> None:
-        with lock:
-            counts[0] += 1
-            counts[1] = max(counts[1], counts[0])
-        for _ in range(3):  # 3 ms of CPU, letting the others run between each
-            until = time.process_time() + 0.001
-            while time.process_time() < until:
-                pass
-            await asyncio.sleep(0)
-        with lock:
-            counts[0] -= 1
+        with in_flight.one():
+            for _ in range(3):  # 3 ms of CPU, letting the others run between each
+                until = time.process_time() + 0.001
+                while time.process_time() < until:
+                    pass
+                await asyncio.sleep(0)
 
     settings = fast_settings(num_processes=1)
     summary = await Worker("t", reader, writer=writer_over(range(400)), settings=settings).drain()
 
     assert summary.succeeded == 400
-    assert counts[1] == FLOOR  # every slot used, none added: the CPU was busy
+    assert in_flight.most == FLOOR  # every slot used, none added: the CPU was busy
 
 
 async def test_a_fixed_number_of_slots_is_kept() -> None:
-    counts, lock = in_flight_counter()
+    in_flight = InFlight()
 
     async def reader(item: int) -> None:
-        with lock:
-            counts[0] += 1
-            counts[1] = max(counts[1], counts[0])
-        await asyncio.sleep(0.05)
-        with lock:
-            counts[0] -= 1
+        with in_flight.one():
+            await asyncio.sleep(0.05)
 
     settings = fast_settings(num_processes=1, concurrent_tasks_per_process=5)
     summary = await Worker("t", reader, writer=writer_over(range(100)), settings=settings).drain()
 
     assert summary.succeeded == 100
-    assert counts[1] == 5
+    assert in_flight.most == 5
 
 
 ADAPTIVE = Slots(16, 5000, adaptive=True)
