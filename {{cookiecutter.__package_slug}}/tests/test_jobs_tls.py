@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,12 @@ from servers import Certificates, Server, certificates, running
 from support import free_port
 
 from {{ cookiecutter.__package_slug }}.settings import Settings, problems
-from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Job, Jobs, JobStats
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
+    Job,
+    Jobs,
+    JobStats,
+    RedisJobs,
+)
 from {{ cookiecutter.__package_slug }}.worker import Permanent
 
 PREFIX = "{{ cookiecutter.__env_prefix }}"
@@ -141,10 +147,33 @@ def test_a_wrong_ca_fails_with_one_line_naming_the_setting(
 
 def test_an_unreachable_tls_port_fails_with_one_line_naming_the_url(certs: Certificates) -> None:
     port = free_port()  # nothing listens there
-    env = tls_env(port, new_stream(), certs)
+    env = tls_env(port, new_stream(), certs, jobs_username=USER, jobs_password=PASSWORD)
     for args in (["stats"], ["drain"]):
         line = error_line(qq(env, *args))
         assert f"Redis at rediss://localhost:{port}/0 ({PREFIX}JOBS_REDIS_URL)" in line, line
+        assert PASSWORD not in line
+
+
+def test_a_scheme_that_does_not_fit_the_port_is_named(
+    server: Server, certs: Certificates, tmp_path: Path
+) -> None:
+    env = tls_env(server.port, new_stream(), certs)
+    env[f"{PREFIX}JOBS_REDIS_URL"] = f"redis://localhost:{server.port}/0"  # a TLS port
+    del env[f"{PREFIX}JOBS_TLS_CA_FILE"]
+    line = error_line(qq(env, "stats"))
+    assert f"if that port is the server's TLS port, use rediss:// in {PREFIX}JOBS_REDIS_URL" in line
+    with running("redis", tmp_path) as plain:  # rediss:// to a port without TLS
+        line = error_line(qq(tls_env(plain.port, new_stream(), certs), "stats"))
+        assert f"rediss:// needs the server's TLS port: is that the port in {PREFIX}" in line
+
+
+def test_the_password_stays_out_of_reprs(certs: Certificates) -> None:
+    login = {"jobs_username": USER, "jobs_password": PASSWORD}
+    settings = tls_settings(free_port(), new_stream(), certs, **login)
+    with Jobs(settings) as jobs:
+        shown = [repr(settings), str(settings), repr(jobs), repr(RedisJobs(settings))]
+    assert [text for text in shown if PASSWORD in text] == []
+    assert USER in repr(settings)  # a user name is not a secret
 
 
 def test_the_host_name_is_checked_unless_turned_off(tmp_path: Path) -> None:
@@ -251,10 +280,12 @@ async def test_an_acl_user_limited_to_the_projects_keys_runs_every_command(
     ok(qq(env, "submit", "--delay", "0", '{"n": 4}'))  # scheduled, due now
     assert json.loads(ok(qq(env, "stats")))["scheduled"] == 1
 
-    # The worker, its failures and retries, in this process with the same user.
+    # The worker, its failures, retries and lease renewals, in this process with the same user.
     settings = tls_settings(server.port, stream, certs, jobs_username=USER, jobs_password=PASSWORD)
 
     def read(item: Job) -> None:
+        if item.payload["n"] == 1:
+            time.sleep(settings.jobs_claim_idle)  # its lease is renewed (every claim_idle / 4)
         if item.payload["n"] == 2:
             raise Permanent("no good")
         if item.payload["n"] == 3 and item.attempt == 1:
@@ -262,6 +293,9 @@ async def test_an_acl_user_limited_to_the_projects_keys_runs_every_command(
 
     summary = await jobs_worker(settings, read).drain()
     assert (summary.succeeded, summary.failed) == (3, 2)
+    with admin(server, certs) as client:  # renewals and claims ran (as this user: no other)
+        ran = client.info("commandstats")
+    assert {"cmdstat_xclaim", "cmdstat_xautoclaim", "cmdstat_hset"} <= set(ran)
     [letter] = [json.loads(line) for line in ok(qq(env, "dead", "list")).splitlines()]
     assert ok(qq(env, "dead", "replay", letter["id"])).strip() == "replayed 1"
     assert drained(env) == (1, 0)

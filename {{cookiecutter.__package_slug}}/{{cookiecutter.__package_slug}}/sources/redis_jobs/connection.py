@@ -114,7 +114,7 @@ def _hint(settings: Settings, exc: BaseException, text: str) -> str | None:
             "the server ended the TLS connection: if it asks for a client certificate, set "
             f"{p}JOBS_TLS_CERT_FILE and {p}JOBS_TLS_KEY_FILE"
         )
-    if tls and isinstance(exc, RedisTimeoutError):
+    if tls and isinstance(exc, RedisTimeoutError) and text.startswith("Timeout connecting"):
         return f"rediss:// needs the server's TLS port: is that the port in {p}JOBS_REDIS_URL?"
     if not tls and isinstance(cause, ConnectionResetError):
         return f"if that port is the server's TLS port, use rediss:// in {p}JOBS_REDIS_URL"
