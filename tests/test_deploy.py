@@ -29,7 +29,8 @@ from cookiecutter.main import cookiecutter
 K8S_VERSION = "1.30.0"
 # KEDA's documented `redis-streams` trigger metadata (keda.sh/docs/2.11+/scalers/redis-streams,
 # "Trigger Specification" and "Parameter list"); authentication may also come from a
-# TriggerAuthentication (`authenticationRef`).
+# TriggerAuthentication (`authenticationRef`), with the parameters of "Authentication
+# Parameters" (2.12+: `tls` is `enable` or `disable`; `ca`, `cert` and `key` are PEM).
 KEDA_REDIS_STREAMS_KEYS = {
     "address",
     "host",
@@ -49,6 +50,7 @@ KEDA_REDIS_STREAMS_KEYS = {
     "hostFromEnv",
     "portFromEnv",
 }
+KEDA_REDIS_AUTH_PARAMETERS = {"username", "password", "tls", "ca", "cert", "key", "keyPassword"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "redis-jobs": {"include_redis_jobs": True, "project_name": "Fan Out"},
@@ -73,6 +75,21 @@ class Render:
     def one(self, name: str) -> dict[str, Any]:
         (doc,) = self.docs(name)
         return doc
+
+    def kind(self, name: str, kind: str) -> dict[str, Any]:
+        """The one document of `kind` in `name`."""
+        (doc,) = [doc for doc in self.docs(name) if doc["kind"] == kind]
+        return doc
+
+    def env_secret(self) -> dict[str, Any] | None:
+        """The Secret whose keys the pod reads as variables (envFrom), if there is one."""
+        refs = [
+            ref["secretRef"]["name"] for ref in container(self)["envFrom"] if "secretRef" in ref
+        ]
+        if not refs:
+            return None
+        (secret,) = [doc for doc in self.docs("secret.yaml") if doc["metadata"]["name"] in refs]
+        return secret
 
     def python(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
         """Run the render's Python (the shared venv, in the project folder)."""
@@ -134,8 +151,9 @@ print(json.dumps(out))
 def manifest_env(render: Render) -> dict[str, str]:
     """The variables the ConfigMap and the Secret give the pod."""
     env = dict(render.one("configmap.yaml")["data"])
-    if (render.path / "deploy" / "k8s" / "secret.yaml").exists():
-        env.update(render.one("secret.yaml").get("stringData") or {})
+    secret = render.env_secret()
+    if secret is not None:
+        env.update(secret.get("stringData") or {})
     return env
 
 
@@ -192,7 +210,9 @@ def test_manifests_validate_against_the_kubernetes_schemas(render: Render) -> No
                 continue  # a CRD: see test_scaledobject_uses_documented_keda_metadata
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     expected = ["ConfigMap", "Deployment", "Service"]
-    expected += ["ScaledObject", "Secret"] if render.redis else []
+    expected += (
+        ["ScaledObject", "TriggerAuthentication", "Secret", "Secret"] if render.redis else []
+    )
     expected += ["Secret"] if render.spool else []
     assert sorted(kinds) == sorted(expected)
 
@@ -244,8 +264,19 @@ def test_every_env_name_is_a_setting_of_the_render(
     worker = container(render)
     names = set(manifest_env(render)) | {item["name"] for item in worker.get("env", [])}
     if render.redis:
-        metadata = render.one("scaledobject.yaml")["spec"]["triggers"][0]["metadata"]
+        scaled = render.kind("scaledobject.yaml", "ScaledObject")
+        metadata = scaled["spec"]["triggers"][0]["metadata"]
         names |= {value for key, value in metadata.items() if key.endswith("FromEnv")}
+        # KEDA reads the user and password from the keys the pod reads them from.
+        env_secret = render.env_secret()
+        assert env_secret is not None
+        refs = render.kind("scaledobject.yaml", "TriggerAuthentication")["spec"]["secretTargetRef"]
+        logins = {
+            ref["parameter"]: ref for ref in refs if ref["parameter"] in ("username", "password")
+        }
+        assert {ref["name"] for ref in logins.values()} == {env_secret["metadata"]["name"]}
+        assert {ref["key"] for ref in logins.values()} <= set(env_secret["stringData"])
+        names |= {ref["key"] for ref in logins.values()}
     assert names
     fields = set(settings["fields"])
     assert {name for name in names if not name.startswith(render.prefix)} == set()
@@ -256,7 +287,9 @@ def test_every_env_name_is_a_setting_of_the_render(
     }
     assert sources.pop("configMapRef") == render.one("configmap.yaml")["metadata"]["name"]
     if (render.path / "deploy" / "k8s" / "secret.yaml").exists():
-        assert sources.pop("secretRef") == render.one("secret.yaml")["metadata"]["name"]
+        env_secret = render.env_secret()
+        assert env_secret is not None
+        assert sources.pop("secretRef") == env_secret["metadata"]["name"]
     assert sources == {}
 
 
@@ -284,7 +317,7 @@ def test_scaledobject_uses_documented_keda_metadata(render: Render) -> None:
     if not render.redis:
         assert not (render.path / "deploy" / "k8s" / "scaledobject.yaml").exists()
         return
-    scaled = render.one("scaledobject.yaml")
+    scaled = render.kind("scaledobject.yaml", "ScaledObject")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
     assert spec["scaleTargetRef"]["name"] == render.one("deployment.yaml")["metadata"]["name"]
@@ -297,20 +330,81 @@ def test_scaledobject_uses_documented_keda_metadata(render: Render) -> None:
     assert {"address", "addressFromEnv", "host", "hostFromEnv"} & set(metadata)
     assert all(isinstance(value, str) for value in metadata.values())  # a map of strings
     assert int(metadata["lagCount"]) > 0
+    auth = render.kind("scaledobject.yaml", "TriggerAuthentication")
+    assert auth["apiVersion"] == "keda.sh/v1alpha1"
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    refs = auth["spec"]["secretTargetRef"]
+    assert {ref["parameter"] for ref in refs} <= KEDA_REDIS_AUTH_PARAMETERS
+    assert {"username", "password", "tls", "ca", "cert", "key"} <= {
+        ref["parameter"] for ref in refs
+    }
+    # Every Secret and key it names is in secret.yaml (TLS off there: `tls: disable`).
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in render.docs("secret.yaml")}
+    assert all(ref["key"] in secrets[ref["name"]] for ref in refs), refs
+    # TLS is set in one place for KEDA: the TriggerAuthentication, not `enableTLS` as well.
+    assert not {"enableTLS", "unsafeSsl"} & set(metadata)
 
 
 def test_scaledobject_reads_what_the_worker_reads(render: Render, settings: dict[str, Any]) -> None:
     if not render.redis:
         return
-    metadata = render.one("scaledobject.yaml")["spec"]["triggers"][0]["metadata"]
+    metadata = render.kind("scaledobject.yaml", "ScaledObject")["spec"]["triggers"][0]["metadata"]
     configured = settings["configured"]
     assert metadata["stream"] == settings["stream"]
     assert metadata["consumerGroup"] == configured["jobs_group"]
     url = urlsplit(configured["jobs_redis_url"])
     assert metadata["address"] == f"{url.hostname}:{url.port or 6379}"
     assert metadata.get("databaseIndex", "0") == (url.path.strip("/") or "0")
-    assert (metadata.get("enableTLS") == "true") == (url.scheme == "rediss")
-    assert metadata["passwordFromEnv"] == f"{render.prefix}JOBS_PASSWORD"
+    refs = render.kind("scaledobject.yaml", "TriggerAuthentication")["spec"]["secretTargetRef"]
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in render.docs("secret.yaml")}
+    values = {ref["parameter"]: secrets[ref["name"]][ref["key"]] for ref in refs}
+    assert (values["tls"] == "enable") == (url.scheme == "rediss")
+    assert values["tls"] in ("enable", "disable")
+    keys = {ref["parameter"]: ref["key"] for ref in refs}
+    assert keys["username"] == f"{render.prefix}JOBS_USERNAME"
+    assert keys["password"] == f"{render.prefix}JOBS_PASSWORD"
+
+
+def test_tls_files_are_mounted_where_the_configmap_points(render: Render, tmp_path: Path) -> None:
+    """The ConfigMap's commented TLS lines (docs/operations.md: uncomment them) name settings
+    of the render and files the Deployment mounts from the Secret KEDA reads them from; with
+    them on and a rediss:// URL, the settings load."""
+    if not render.redis:
+        return
+    text = (render.path / "deploy" / "k8s" / "configmap.yaml").read_text()
+    pointed = dict(re.findall(rf"^  # ({render.prefix}JOBS_TLS_\w+): (/\S+)$", text, re.M))
+    assert set(pointed) == {
+        f"{render.prefix}JOBS_TLS_{kind}_FILE" for kind in ("CA", "CERT", "KEY")
+    }
+    pod = render.one("deployment.yaml")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounted: dict[str, tuple[str, str]] = {}  # path in the pod -> (Secret, key)
+    for mount in container(render)["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if secret is not None:
+            assert mount["readOnly"] is True
+            for item in secret["items"]:
+                path = f"{mount['mountPath']}/{item['path']}"
+                mounted[path] = (secret["secretName"], item["key"])
+    assert set(pointed.values()) <= set(mounted)
+    refs = render.kind("scaledobject.yaml", "TriggerAuthentication")["spec"]["secretTargetRef"]
+    keda = {ref["parameter"]: (ref["name"], ref["key"]) for ref in refs}
+    for kind, parameter in (("CA", "ca"), ("CERT", "cert"), ("KEY", "key")):
+        assert mounted[pointed[f"{render.prefix}JOBS_TLS_{kind}_FILE"]] == keda[parameter]
+    # Turned on as the docs say (files of the same names here), the settings load.
+    files = {name: tmp_path / Path(path).name for name, path in pointed.items()}
+    openssl = required_tool("openssl", "apt-get install openssl")
+    command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-subj", "/CN=worker", "-keyout", "tls.key", "-out", "tls.crt"]
+    made = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    shutil.copy(tmp_path / "tls.crt", tmp_path / "ca.crt")  # self-signed: its own CA
+    env = {**manifest_env(render), **{name: str(path) for name, path in files.items()}}
+    env[f"{render.prefix}JOBS_REDIS_URL"] = "rediss://redis:6380/0"
+    result = render.python("-c", PROBE, render.slug, env=env)
+    assert result.returncode == 0, result.stderr
+    configured = json.loads(result.stdout)["configured"]
+    assert configured["jobs_tls_ca_file"] == str(files[f"{render.prefix}JOBS_TLS_CA_FILE"])
 
 
 # ---- compose.yaml ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from servers import Server, running
+from servers import Server, certificates, running
 from support import Journal, fast_settings, free_port, writer_over
 
 from {{ cookiecutter.__package_slug }} import cache as cache_module
@@ -193,6 +193,54 @@ async def test_disabled_cache_is_a_no_op() -> None:
             assert await cache.set("k", 1) is False
             assert await cache.get("k", "miss") == "miss"
             assert await cache.clear() is False
+
+
+async def test_redis_over_tls_with_a_client_certificate_and_an_acl_user(tmp_path: Path) -> None:
+    """As docs/cache.md says: rediss://, the CA, a client certificate the server requires,
+    and a user limited to the namespace's keys and the commands the cache sends."""
+    import redis as redis_py
+
+    certs = certificates(tmp_path)
+    tls = {"cache_tls_ca_file": str(certs.ca)}
+    client_cert = {
+        "cache_tls_cert_file": str(certs.client_cert),
+        "cache_tls_key_file": str(certs.client_key),
+    }
+    mutual = ["--tls-auth-clients", "yes"]
+    with running("redis", tmp_path, tls=certs, extra_args=mutual) as server:
+        url = f"rediss://localhost:{server.port}/0"
+        # The ACL of docs/cache.md.
+        rules = ["on", ">secret", "~tls:cache:*", "-@all", "+get", "+set", "+setex", "+psetex"]
+        rules += ["+del", "+keys"]
+        with redis_py.Redis.from_url(
+            url, ssl_ca_certs=str(certs.ca), ssl_certfile=str(certs.client_cert),
+            ssl_keyfile=str(certs.client_key),
+        ) as admin:  # fmt: skip
+            admin.execute_command("ACL", "SETUSER", "cache", *rules)
+            admin.set("other:key", "kept")
+        user = {"cache_username": "cache", "cache_password": "secret", "cache_namespace": "tls"}
+        settings = cache_settings(url, **tls, **client_cert, **user)
+        async with open_cache(settings) as cache:
+            assert await cache.set("k", {"v": 1})
+            assert await cache.set("t", 2, ttl=60)
+            assert await cache.get("k") == {"v": 1}
+            assert await cache.delete("t")
+            assert await cache.clear()
+            assert await cache.get("k", "miss") == "miss"
+            assert not cache._outage.down_since  # no call failed: none acted as a miss
+        with redis_py.Redis.from_url(
+            url, ssl_ca_certs=str(certs.ca), ssl_certfile=str(certs.client_cert),
+            ssl_keyfile=str(certs.client_key),
+        ) as admin:  # fmt: skip
+            assert admin.get("other:key") == b"kept"
+        # Without the client certificate the server ends the handshake: calls act as misses.
+        async with open_cache(cache_settings(url, **tls, **user)) as cache:
+            assert await cache.set("k", 1) is False
+            assert cache._outage.down_since is not None
+    with pytest.raises(ValidationError, match="is not rediss://"):
+        cache_settings(f"redis://localhost:{server.port}/0", **tls)
+    with pytest.raises(ValidationError, match="give both"):
+        cache_settings(url, cache_tls_cert_file=str(certs.client_cert))
 
 
 def test_password_stays_secret() -> None:

@@ -1,9 +1,9 @@
 """The cache: opened once in each worker process (in `context`), never in the parent.
 
 `open_cache(settings)` builds an aiocache backend from `CACHE_URL` (`memory://`,
-`redis://host:port/db`, `memcached://host:port`) and yields a `Cache`. Its calls fail soft:
-when the server is down they log a warning and behave as a miss, so the worker keeps
-processing items. Values are pickled, so any picklable value (datetimes, dataclasses)
+`redis://host:port/db`, `rediss://` for TLS, `memcached://host:port`) and yields a `Cache`.
+Its calls fail soft: when the server is down they log a warning and behave as a miss, so the
+worker keeps processing items. Values are pickled, so any picklable value (datetimes, dataclasses)
 round-trips; only let trusted code write to the cache server. docs/cache.md has the details.
 """
 
@@ -18,7 +18,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiocache import Cache as Backends
 from aiocache.serializers import PickleSerializer
@@ -147,7 +147,7 @@ def _backend(settings: Settings) -> Any:
     password = settings.cache_password.get_secret_value() if settings.cache_password else None
     if url.scheme == "memory":
         return Backends(Backends.MEMORY, **common)
-    if url.scheme == "redis":
+    if url.scheme in ("redis", "rediss"):
         db = int(url.path.strip("/") or 0)
         host, port = url.hostname or "127.0.0.1", url.port or 6379
         return Backends(
@@ -158,6 +158,8 @@ def _backend(settings: Settings) -> Any:
             password=password,
             pool_max_size=REDIS_POOL_SIZE,
             connection_pool_class=BlockingConnectionPool,
+            ssl=url.scheme == "rediss",
+            connection_pool_kwargs=_redis_options(settings),
             **common,
         )
     if url.scheme == "memcached":
@@ -165,8 +167,24 @@ def _backend(settings: Settings) -> Any:
         return Backends(Backends.MEMCACHED, endpoint=host, port=port, **common)
     raise CacheError(
         f"CACHE_URL {settings.cache_url!r} has scheme {url.scheme!r}: "
-        "use memory://, redis://host:port/db or memcached://host:port"
+        "use memory://, redis://host:port/db, rediss://host:port/db or memcached://host:port"
     )
+
+
+def _redis_options(settings: Settings) -> dict[str, Any]:
+    """The ACL user (from CACHE_USERNAME or the URL) and, for rediss://, the TLS settings
+    (`Settings` checked that they fit the URL and that the files load)."""
+    url = urlsplit(settings.cache_url)
+    user = settings.cache_username or (unquote(url.username) if url.username else None)
+    options: dict[str, Any] = {"username": user}
+    if url.scheme == "rediss":
+        options |= {
+            "ssl_ca_certs": settings.cache_tls_ca_file,
+            "ssl_certfile": settings.cache_tls_cert_file,
+            "ssl_keyfile": settings.cache_tls_key_file,
+            "ssl_check_hostname": settings.cache_tls_check_hostname,
+        }
+    return options
 
 
 @asynccontextmanager

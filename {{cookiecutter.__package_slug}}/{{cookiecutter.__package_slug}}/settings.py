@@ -11,6 +11,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
+{% if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs -%}
+import ssl
+{% endif -%}
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +31,6 @@ from pydantic import (
 {%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
     ValidationInfo,
     field_validator,
-{%- endif %}
-{%- if cookiecutter.include_redis_jobs %}
     model_validator,
 {%- endif %}
 )
@@ -49,8 +50,8 @@ _SERVICE_LINK = re.compile(r"SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP
 _SERVER_URLS = {
 {%- if cookiecutter.include_aiocache %}
     "cache_url": (
-        ("memory", "redis", "memcached"),
-        "memory://, redis://host:port/db or memcached://host:port",
+        ("memory", "redis", "rediss", "memcached"),
+        "memory://, redis://host:port/db, rediss://host:port/db or memcached://host:port",
         "CACHE_PASSWORD",
     ),
 {%- endif %}
@@ -62,6 +63,18 @@ _SERVER_URLS = {
     ),
 {%- endif %}
 }
+# The Redis clients with a user and TLS settings: the settings' prefix -> the URL's field.
+_REDIS_CLIENTS = {
+{%- if cookiecutter.include_aiocache %}
+    "cache": "cache_url",
+{%- endif %}
+{%- if cookiecutter.include_redis_jobs %}
+    "jobs": "jobs_redis_url",
+{%- endif %}
+}
+_TLS_FILES = [
+    f"{client}_tls_{kind}_file" for client in _REDIS_CLIENTS for kind in ("ca", "cert", "key")
+]
 {%- endif %}
 
 
@@ -87,7 +100,16 @@ class Settings(WorkerSettings):
 
     # The cache (see docs/cache.md).
     cache_url: str = "memory://"
+    # Redis' ACL user and its password (empty: the default user); no password in the URL.
+    cache_username: str | None = None
     cache_password: SecretStr | None = None
+    # TLS, with a rediss:// URL: the CA bundle that signed the server's certificate (empty:
+    # the system's), this client's certificate and key, and whether the certificate must
+    # name the URL's host.
+    cache_tls_ca_file: str | None = None
+    cache_tls_cert_file: str | None = None
+    cache_tls_key_file: str | None = None
+    cache_tls_check_hostname: bool = True
     cache_namespace: str = Field(
         default="{{ cookiecutter.__package_slug }}",
         pattern=r"^[A-Za-z0-9_.-]+$",
@@ -107,7 +129,16 @@ class Settings(WorkerSettings):
     # Jobs in a Redis stream (see docs/scaling.md).
     # Where the job stream lives; the password is kept out of the URL, logs and reprs.
     jobs_redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis' ACL user and its password (empty: the default user; docs/operations.md).
+    jobs_username: str | None = None
     jobs_password: SecretStr | None = None
+    # TLS, with a rediss:// URL: the CA bundle that signed the server's certificate (empty:
+    # the system's), this client's certificate and key, and whether the certificate must
+    # name the URL's host.
+    jobs_tls_ca_file: str | None = None
+    jobs_tls_cert_file: str | None = None
+    jobs_tls_key_file: str | None = None
+    jobs_tls_check_hostname: bool = True
     # The stream; empty means "<project_name>:jobs". Dead letters go to "<stream>:dead".
     jobs_stream: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:{}@-]+$")
     jobs_group: str = Field(default="workers", pattern=r"^[A-Za-z0-9_.:{}@-]+$")
@@ -131,6 +162,19 @@ class Settings(WorkerSettings):
         schemes, examples, secret_setting = _SERVER_URLS[field]
         _check_url(field.upper(), url, schemes, examples, secret_setting)
         return url
+
+    @field_validator(*_TLS_FILES)
+    @classmethod
+    def _tls_file(cls, path: str | None) -> str | None:
+        if path is not None:
+            _check_readable(path)
+        return path
+
+    @model_validator(mode="after")
+    def _redis_clients(self) -> Settings:
+        for client, url_field in _REDIS_CLIENTS.items():
+            _check_redis_client(self, client, url_field)
+        return self
 {%- endif %}
 {%- if cookiecutter.include_redis_jobs %}
 
@@ -221,6 +265,72 @@ def _check_url(
     database = parts.path.strip("/")
     if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
         raise ValueError(f"{setting} {url!r} names database {database!r}: use a number")
+
+
+def _check_readable(path: str) -> None:
+    """Raise ValueError unless `path` is a file this process can read."""
+    if not Path(path).is_file():
+        raise ValueError("no such file" if not Path(path).exists() else "not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"this user (uid {os.getuid()}) cannot read it")
+
+
+def _check_redis_client(settings: Settings, client: str, url_field: str) -> None:
+    """Raise ValueError, naming the variables, unless the user, password and TLS settings of
+    `client` ("jobs", "cache") fit its URL and its TLS files load."""
+
+    def name(part: str) -> str:
+        return f"{ENV_PREFIX}{client.upper()}_{part.upper()}"
+
+    url_name = ENV_PREFIX + url_field.upper()
+    parts = urlsplit(getattr(settings, url_field))
+    query = parse_qs(parts.query)
+    user: str | None = getattr(settings, f"{client}_username")
+    ca: str | None = getattr(settings, f"{client}_tls_ca_file")
+    cert: str | None = getattr(settings, f"{client}_tls_cert_file")
+    key: str | None = getattr(settings, f"{client}_tls_key_file")
+    for option in query:
+        if option.startswith("ssl_"):
+            raise ValueError(f"{url_name} sets {option}: use the {name('tls_*')} settings")
+    url_user = bool(parts.username) or "username" in query
+    if url_user and user:
+        raise ValueError(f"{url_name} names a user and {name('username')} is set: keep one")
+    if (url_user or user) and not getattr(settings, f"{client}_password"):
+        raise ValueError(f"a Redis user needs {name('password')} (any value for a nopass user)")
+    tls = [part for part, path in (("tls_ca_file", ca), ("tls_cert_file", cert)) if path]
+    tls += [] if getattr(settings, f"{client}_tls_check_hostname") else ["tls_check_hostname"]
+    if (tls or key) and parts.scheme != "rediss":
+        raise ValueError(
+            f"{name((tls or ['tls_key_file'])[0])} is set but {url_name} is not rediss://: use "
+            "rediss:// for TLS, or leave the TLS settings empty"
+        )
+    if bool(cert) != bool(key):
+        raise ValueError(
+            f"{name('tls_cert_file')} and {name('tls_key_file')}: give both (this client's "
+            "certificate and its private key), or neither"
+        )
+    context = ssl.create_default_context()
+    try:
+        if ca:
+            context.load_verify_locations(cafile=ca)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{name('tls_ca_file')}={ca!r} holds no PEM certificate ({exc})") from None
+    try:
+        if cert:
+            context.load_cert_chain(cert, key, password=_no_password)
+    except (ssl.SSLError, _EncryptedKey) as exc:
+        raise ValueError(
+            f"{name('tls_cert_file')}={cert!r} and {name('tls_key_file')}={key!r} are not a "
+            f"PEM certificate and its private key ({exc})"
+        ) from None
+
+
+class _EncryptedKey(Exception):
+    """The private key asks for a password, which would be prompted for on the terminal."""
+
+
+def _no_password() -> bytes:
+    raise _EncryptedKey("the key is encrypted: give it unencrypted, kept in a secret store")
 {%- endif %}
 
 

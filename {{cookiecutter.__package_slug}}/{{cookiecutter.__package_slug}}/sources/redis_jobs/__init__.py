@@ -20,15 +20,13 @@ reader ran twice.
 
 The package is split by where each part runs: `feed.py` (the source, in the parent process),
 `session.py` (each worker process), `commands.py` (the command line), `client.py` (the
-blocking client any program uses), `model.py` (jobs and entries), and `scripts.py` with the Lua
-scripts in `lua/`.
+blocking client any program uses), `connection.py` (the URL, TLS and the ACL user every client
+connects with), `model.py` (jobs and entries), and `scripts.py` with the Lua scripts in `lua/`.
 """
 
 from .client import (
     Jobs,
     acked_name,
-    connect,
-    connect_async,
     dead_name,
     scheduled_name,
     starts_name,
@@ -38,6 +36,7 @@ from .client import (
     wake_name,
 )
 from .commands import JobsCli
+from .connection import connect, connect_async
 from .feed import RedisJobs
 from .model import Delivery, Job, JobFailed, JobLost, JobsError, JobStats, MalformedJob
 from .session import JobsSession

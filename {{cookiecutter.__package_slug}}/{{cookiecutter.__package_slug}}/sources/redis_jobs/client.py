@@ -1,5 +1,5 @@
-"""Connections, key names and the blocking client of the jobs stream: submit jobs, read
-counts and dead letters (`Jobs`, `submit`, `submit_many`), from any program."""
+"""Key names and the blocking client of the jobs stream: submit jobs, read counts and dead
+letters (`Jobs`, `submit`, `submit_many`), from any program (`connection.py` connects)."""
 
 from __future__ import annotations
 
@@ -15,25 +15,20 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, cast
 
-import redis
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
-from redis.retry import Retry
 
 from ...settings import Settings
 from ...worker.dead_letters import DeadLetter
 from ...worker.texts import shorten
 from . import scripts
+from .connection import connect
 from .model import JobsError, JobStats, as_number, as_text, is_text, shown
 
 CHUNK = 1000  # jobs per pipeline or script call
-SOCKET_TIMEOUT = 10.0  # seconds a Redis call may take before it counts as failed
 ENTRY_ID = re.compile(r"\d+-\d+")
 
 
-# ---- names and connections -----------------------------------------------------------------
+# ---- names -----------------------------------------------------------------------------------
 
 
 def stream_name(settings: Settings) -> str:
@@ -83,34 +78,6 @@ def _check_entry_ids(ids: Sequence[str]) -> None:
 def default_consumer() -> str:
     """`<hostname>-<pid>`: unique per running instance, new on each start."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _connection_options(settings: Settings, decode: bool) -> dict[str, Any]:
-    """What every client of the stream connects with (`Settings` checked the URL)."""
-    password = settings.jobs_password.get_secret_value() if settings.jobs_password else None
-    return {
-        "password": password,
-        "decode_responses": decode,
-        "socket_connect_timeout": 2.0,
-        "socket_timeout": SOCKET_TIMEOUT,
-    }
-
-
-# No silent resends: a resent script could run twice. Callers retry where it is safe. Each
-# client gets the `Retry` of its own kind (redis-py 8.2 warns about a sync one on asyncio).
-# Entries are read with `decode=False`: any program can XADD, and a field that is not UTF-8
-# is that entry's problem, never the whole reply's.
-def connect(settings: Settings, *, decode: bool = True) -> redis.Redis:
-    """A blocking Redis client for the jobs stream (for submitters)."""
-    options = _connection_options(settings, decode)
-    return redis.Redis.from_url(settings.jobs_redis_url, retry=Retry(NoBackoff(), 0), **options)
-
-
-def connect_async(settings: Settings, *, decode: bool = True) -> aioredis.Redis:
-    """An asyncio Redis client for the jobs stream; open it in the process that uses it."""
-    options = _connection_options(settings, decode)
-    retry = AsyncRetry(NoBackoff(), 0)
-    return aioredis.Redis.from_url(settings.jobs_redis_url, retry=retry, **options)
 
 
 def _encode(payload: Any) -> str:

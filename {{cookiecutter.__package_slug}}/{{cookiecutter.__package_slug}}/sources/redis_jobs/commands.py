@@ -7,15 +7,15 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 
 import redis
 import typer
 
-from ...settings import ENV_PREFIX, Settings
+from ...settings import Settings
 from ...worker import SourceCli
 from ...worker.dead_letters import dead_letter_commands
 from .client import Jobs, dead_name
+from .connection import explain, where
 from .model import JobsError
 
 _QUOTE_HINT = "; a string is quoted in JSON: '\"%s\"'"
@@ -31,7 +31,7 @@ class JobsCli(SourceCli):
     def commands(self) -> list[Callable[..., None] | typer.Typer]:
         """`submit`, `stats` and `dead` (list, replay, purge)."""
         settings = self.settings
-        at_redis = f"Redis at {settings.jobs_redis_url} ({ENV_PREFIX}JOBS_REDIS_URL)"
+        at_redis = where(settings)
 
         @contextmanager
         def one_line_errors() -> Iterator[None]:
@@ -42,8 +42,17 @@ class JobsCli(SourceCli):
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
             except redis.RedisError as exc:
-                typer.echo(f"error: {at_redis}: {exc}", err=True)
+                typer.echo(f"error: {at_redis}: {explain(settings, exc)}", err=True)
                 raise typer.Exit(2) from None
+
+        @contextmanager
+        def dead_letters() -> Iterator[Jobs]:
+            """A client whose Redis errors are explained (`dead` prints them in one line)."""
+            try:
+                with Jobs(settings) as jobs:
+                    yield jobs
+            except redis.RedisError as exc:
+                raise JobsError(explain(settings, exc)) from None
 
         def submit(
             payloads: list[str] = typer.Argument(..., help="JSON payloads; '-' reads JSON lines."),  # noqa: B008
@@ -86,8 +95,9 @@ class JobsCli(SourceCli):
                 counts = jobs.stats()
             typer.echo(json.dumps(counts.__dict__))
 
-        where = f"the stream {dead_name(self.stream)} in {at_redis}"
-        dead = dead_letter_commands(partial(Jobs, settings), where, (JobsError, redis.RedisError))
+        dead = dead_letter_commands(
+            dead_letters, f"the stream {dead_name(self.stream)} in {at_redis}", (JobsError,)
+        )
         return [submit, stats, dead]
 
     def check(self) -> str | None:
@@ -96,5 +106,5 @@ class JobsCli(SourceCli):
             with Jobs(self.settings) as jobs:
                 jobs.client.ping()
         except (JobsError, redis.RedisError) as exc:
-            return f"Redis at {self.settings.jobs_redis_url} ({ENV_PREFIX}JOBS_REDIS_URL): {exc}"
+            return f"{where(self.settings)}: {explain(self.settings, exc)}"
         return None

@@ -21,9 +21,7 @@ from ...worker.remote import Outage
 from . import scripts
 from .client import (
     CHUNK,
-    SOCKET_TIMEOUT,
     Jobs,
-    connect_async,
     dead_name,
     default_consumer,
     scheduled_name,
@@ -32,6 +30,7 @@ from .client import (
     wake_name,
 )
 from .commands import JobsCli
+from .connection import SOCKET_TIMEOUT, connect_async, explain, refused, where
 from .model import Delivery, JobStats, as_text, attempt_of, delivery
 from .session import GONE, STOPPED, JobsSession
 
@@ -111,6 +110,10 @@ class RedisJobs(Source):
                 await self._open()
                 self._outage.ok()
                 return
+            except ResponseError as exc:
+                if refused(exc):
+                    raise self._refused(exc) from None
+                raise
             except UNREACHABLE as exc:
                 if not drain:
                     self._outage.failed(exc)  # logged; `fetch` retries
@@ -120,22 +123,23 @@ class RedisJobs(Source):
                 if not waiting:  # one line now; if Redis stays away, one error line says so
                     waiting = True
                     logger.warning(
-                        "Redis at %s (%sJOBS_REDIS_URL) unreachable, waiting up to %gs"
-                        " (%sSOURCE_CONNECT_TIMEOUT): %s",
-                        self.settings.jobs_redis_url,
-                        ENV_PREFIX,
+                        "%s unreachable, waiting up to %gs (%sSOURCE_CONNECT_TIMEOUT): %s",
+                        where(self.settings),
                         self.settings.source_connect_timeout,
                         ENV_PREFIX,
-                        exc,
+                        explain(self.settings, exc),
                     )
             await asyncio.sleep(OUTAGE_PAUSE)
 
     def _unavailable(self, exc: BaseException) -> SourceUnavailable:
         return SourceUnavailable(
-            f"Redis at {self.settings.jobs_redis_url} ({ENV_PREFIX}JOBS_REDIS_URL) unreachable "
-            f"for {self.settings.source_connect_timeout:g}s ({ENV_PREFIX}SOURCE_CONNECT_TIMEOUT)"
-            f": {exc}"
+            f"{where(self.settings)} unreachable for {self.settings.source_connect_timeout:g}s "
+            f"({ENV_PREFIX}SOURCE_CONNECT_TIMEOUT): {explain(self.settings, exc)}"
         )
+
+    def _refused(self, exc: ResponseError) -> SourceUnavailable:
+        """A command the ACL user may not run: the worker stops with one line, any mode."""
+        return SourceUnavailable(f"{where(self.settings)}: {explain(self.settings, exc)}")
 
     async def fetch(self, desired: int, wait: float) -> AsyncIterator[tuple[Any, ...]]:
         """Yield up to `desired` jobs for this consumer, as tuples (see `Delivery`); with
@@ -178,6 +182,8 @@ class RedisJobs(Source):
             return out
         except ResponseError as exc:
             # NOGROUP: the stream was deleted; UNBLOCKED: deleted while a blocking read waited.
+            if refused(exc):
+                raise self._refused(exc) from None
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
             self._group_ready = False  # join again next time
@@ -246,6 +252,8 @@ class RedisJobs(Source):
             assert self._entries is not None
             return not await self._entries.xrange(self.stream, after, "+", count=1)
         except ResponseError as exc:
+            if refused(exc):
+                raise self._refused(exc) from None
             if not str(exc).startswith("NOGROUP"):
                 raise
             self._group_ready = False  # the stream is gone (a Redis restart): join it again

@@ -25,7 +25,8 @@ from ...worker.remote import Outage
 from ...worker.retry import backoff
 from ...worker.texts import shorten
 from . import scripts
-from .client import SOCKET_TIMEOUT, acked_name, connect_async, dead_name, starts_name, stream_name
+from .client import acked_name, dead_name, starts_name, stream_name
+from .connection import SOCKET_TIMEOUT, connect_async
 from .model import ACKED, Delivery, Job, JobFailed, JobLost, JobsError, MalformedJob
 
 logger = logging.getLogger(__name__)
