@@ -83,10 +83,12 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The one line a failed command printed (exit 2, no traceback)."""
+    """The one error line a failed command printed (exit 2, no traceback); before it, a drain
+    logs only its start and that it waits for Redis."""
     assert result.returncode == 2, result.stdout + result.stderr
-    [line] = result.stderr.splitlines()
+    *before, line = result.stderr.splitlines()
     assert line.startswith("error: "), line
+    assert all(" draining " in text or " waiting up to " in text for text in before), before
     return line
 
 
