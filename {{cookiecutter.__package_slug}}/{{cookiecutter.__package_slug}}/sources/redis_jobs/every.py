@@ -32,6 +32,9 @@ LATE = 60  # seconds after its time a period's job is on time still
 CATCH_UP = 10  # the most periods on time at once (after a stall) that each get their job
 NEVER = -1  # the period before the first: a cron that matched no time in 50 years
 FAR = 2**53  # the period after the last: a cron that matches no time in the next 50 years
+# What ZoneInfo raises for a name it does not know (ZoneInfoNotFoundError is a KeyError), a
+# malformed one, or one that is not text.
+BAD_ZONE = (KeyError, ValueError, TypeError)
 
 
 class ScheduleError(JobsError, WorkerError):
@@ -84,7 +87,7 @@ class Every:
         else:
             try:
                 self._zone  # noqa: B018
-            except (KeyError, ValueError, TypeError):  # ZoneInfoNotFoundError is a KeyError
+            except BAD_ZONE:
                 return f"tz={self.tz!r} is not a time zone: use an IANA name (Europe/Paris) or UTC"
             try:
                 if self.after(0) == FAR:
