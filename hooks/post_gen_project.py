@@ -51,6 +51,7 @@ FEATURE_FILES = {
         "tests/test_jobs_foreign.py",
         "tests/test_jobs_crashes.py",
         "tests/test_jobs_tls.py",
+        "tests/test_jobs_recurring.py",
         "tests/jobs_instance.py",
         "tests/jobs_support.py",
         "tests/servers.py",

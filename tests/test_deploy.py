@@ -448,7 +448,8 @@ def test_promtool_checks_and_tests_the_rules(render: Render) -> None:
     }
     assert alerts == fired
     expected = {"WorkerFailureRatioHigh", "WorkerNoProgress", "WorkerProcessesRestarting"}
-    assert alerts == expected | ({"WorkerDeadLettersGrowing"} if render.redis else set())
+    jobs_alerts = {"WorkerDeadLettersGrowing", "WorkerScheduleOverdue"}
+    assert alerts == expected | (jobs_alerts if render.redis else set())
     operations = (render.path / "docs" / "operations.md").read_text()
     assert all(f"**{alert}**" in operations for alert in alerts)
 
@@ -504,10 +505,12 @@ pkg, out, wanted = sys.argv[1], sys.argv[2], set(json.loads(sys.argv[3]))
 qq = import_module(pkg + ".qq")
 worker = import_module(pkg + ".worker")
 settings = qq.project_settings
+source = qq.runner.source
 if hasattr(qq, "RedisJobs"):
-    import_module(pkg + ".sources.redis_jobs").submit_many(
-        [{"n": n} for n in range(20)], settings=settings
-    )
+    jobs = import_module(pkg + ".sources.redis_jobs")
+    jobs.submit_many([{"n": n} for n in range(20)], settings=settings)
+    # A schedule, for its gauge: the sample declares none (a drain submits no recurring job).
+    source = jobs.RedisJobs(settings, schedules=[jobs.Every("scraped", seconds=3600)])
 
 
 def scrape():
@@ -536,7 +539,7 @@ async def reader(item, ctx, settings):
 
 
 run = worker.Worker(
-    settings.project_name, reader=reader, source=qq.runner.source, context=qq.context,
+    settings.project_name, reader=reader, source=source, context=qq.context,
     settings=settings,
 )
 summary = asyncio.run(run.drain())
@@ -570,7 +573,8 @@ def redis_server(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 @pytest.mark.parametrize("render", SCRAPED, indirect=True)
 def test_metric_names_appear_on_a_real_scrape_of_a_drain(render: Render, tmp_path: Path) -> None:
     """Runs the render's own source, context and reader; the Redis render's source gauges
-    (`<name>_source_waiting`, `_pending`, `_dead_letters`) come from the runtime."""
+    (`<name>_source_waiting`, `_pending`, `_dead_letters`, and with a schedule declared,
+    `_schedule_next_run_timestamp_seconds`) come from the runtime."""
     from prometheus_client.parser import text_string_to_metric_families
 
     dashboard, alerting = used_metrics(render)

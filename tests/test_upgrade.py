@@ -98,7 +98,7 @@ def test_cruft_update_from_the_previous_version(
     assert not (package / "qq_redis_jobs.py").exists()
     if variant == "redis":
         assert (package / "sources" / "redis_jobs" / "feed.py").exists()
-        assert "source=RedisJobs(project_settings)" in qq.read_text()
+        assert "source=RedisJobs(project_settings, schedules=SCHEDULES)" in qq.read_text()
     if variant == "spool":
         assert (package / "sources" / "spool.py").exists()
     tests = run(

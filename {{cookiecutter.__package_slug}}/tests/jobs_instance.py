@@ -7,7 +7,8 @@ the JSON summary, exits 0 when every job succeeded, 2 when Redis cannot be reach
 `begin <job id> <consumer> <pid>` before the start of a job is recorded in Redis (so the
 journal never counts fewer starts than Redis), `buried <job id> ...` for a job fetched
 after its earlier runs used every attempt; the reader journals
-`ran <job id> <consumer> <pid> <attempt> <time>` before it works for `--work-ms`.
+`ran <job id> <consumer> <pid> <attempt> <time> <key>` before it works for `--work-ms`.
+`--every SECONDS` declares the recurring schedule `tick` (`Every("tick", seconds=SECONDS)`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from support import Journal, fast_settings
 
 from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
     Delivery,
+    Every,
     Job,
     JobsSession,
     RedisJobs,
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--idle-sleep", type=float, default=0.05)
     parser.add_argument("--connect-timeout", type=float, default=10.0)
     parser.add_argument("--metrics-port", type=int, default=0)
+    parser.add_argument("--every", type=int, default=0)
     args = parser.parse_args()
     journal = Journal(Path(args.journal))
     settings = fast_settings(
@@ -89,11 +92,15 @@ def main() -> None:
         yield None
 
     async def reader(item: Job) -> None:
-        journal.add("ran", item.id, args.consumer, os.getpid(), item.attempt, time.time())
+        now = time.time()
+        journal.add("ran", item.id, args.consumer, os.getpid(), item.attempt, now, item.key or "")
         if args.work_ms:
             await asyncio.sleep(args.work_ms / 1000)
 
-    source = JournaledJobs(journal, settings, consumer=args.consumer, record_acks=True)
+    schedules = [Every("tick", seconds=args.every, payload="tick")] if args.every else []
+    source = JournaledJobs(
+        journal, settings, consumer=args.consumer, record_acks=True, schedules=schedules
+    )
     worker = Worker("instance", reader, context=context, settings=settings, source=source)
     worker.cli([args.command])
 

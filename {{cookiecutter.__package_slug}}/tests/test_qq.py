@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 {%- if source == "redis" %}
+import tokenize
 from collections.abc import Iterator
 {%- endif %}
 from contextlib import asynccontextmanager
@@ -32,7 +33,8 @@ from servers import Server, running
 from {{ cookiecutter.__package_slug }} import qq
 from {{ cookiecutter.__package_slug }}.settings import Settings
 {%- if source == "redis" %}
-from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Job, RedisJobs
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs import Every, Job, RedisJobs
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs.every import check_schedules
 {%- elif source == "spool" %}
 from {{ cookiecutter.__package_slug }}.sources.spool import SpoolItem, SpoolSource
 {%- endif %}
@@ -155,6 +157,21 @@ def test_runner_is_a_worker_over_these_functions() -> None:
     assert (runner.reader, runner.writer, runner.context) == (qq.reader, None, qq.context)
 {%- if source == "redis" %}
     assert isinstance(qq.runner.source, RedisJobs)
+
+
+def test_the_sample_declares_no_schedule_and_its_commented_example_is_valid() -> None:
+    assert qq.SCHEDULES == []
+    assert isinstance(qq.runner.source, RedisJobs)
+    assert qq.runner.source.schedules == ()
+    with tokenize.open(qq.__file__) as source:
+        comments = [
+            token.string.lstrip("#").strip()
+            for token in tokenize.generate_tokens(source.readline)
+            if token.type == tokenize.COMMENT
+        ]
+    [example] = [comment for comment in comments if comment.startswith("Every(")]
+    schedule = eval(example, {"Every": Every})
+    assert check_schedules([schedule]) == (schedule,)
 
 
 @pytest.fixture(scope="module")

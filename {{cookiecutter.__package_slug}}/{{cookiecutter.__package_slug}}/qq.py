@@ -34,7 +34,7 @@ from .cache import Cache, open_cache
 from .settings import Settings
 from .settings import settings as project_settings
 {%- if source == "redis" %}
-from .sources.redis_jobs import Job, RedisJobs
+from .sources.redis_jobs import Every, Job, RedisJobs
 {%- elif source == "spool" %}
 from .sources.spool import SpoolItem, SpoolSource
 {%- endif %}
@@ -44,6 +44,13 @@ from .tracing import Tracing
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
+{%- if source == "redis" %}
+
+# Recurring jobs, each submitted once per period by one of the serving instances
+# (docs/scaling.md). For example:
+#   Every("nightly-report", cron="0 3 * * *", tz="Europe/Paris", payload={"text": "report"})
+SCHEDULES: list[Every] = []
+{%- endif %}
 {%- if source == "writer" %}
 
 SAMPLE_JOBS = tuple(f"job-{number:03d}" for number in range(100))
@@ -126,7 +133,7 @@ runner = Worker(
     project_settings.project_name,
     reader=reader,
 {%- if source == "redis" %}
-    source=RedisJobs(project_settings),
+    source=RedisJobs(project_settings, schedules=SCHEDULES),
 {%- elif source == "spool" %}
     source=SpoolSource(project_settings),
 {%- else %}

@@ -7,7 +7,16 @@ from .errors import ContextError, SignatureError, WorkerError, WriterError
 from .instrument import Instrument
 from .retry import Permanent, ReaderTimeout, RetryAfter
 from .runner import Worker
-from .source import Failure, ItemInfo, Outcome, Session, Source, SourceCli, SourceUnavailable
+from .source import (
+    Failure,
+    ItemInfo,
+    LabeledGauges,
+    Outcome,
+    Session,
+    Source,
+    SourceCli,
+    SourceUnavailable,
+)
 from .summary import Summary
 from .writer_source import WriterSource
 
@@ -16,6 +25,7 @@ __all__ = [
     "Failure",
     "Instrument",
     "ItemInfo",
+    "LabeledGauges",
     "Outcome",
     "Permanent",
     "ReaderTimeout",

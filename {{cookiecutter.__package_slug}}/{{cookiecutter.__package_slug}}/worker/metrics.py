@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .remote import Outage
-from .source import Source
+from .source import LabeledGauges, Source
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Metrics:
     in_flight: Any
     slots: Any
 
-    def render(self, gauges: Mapping[str, float] | None = None) -> bytes:
+    def render(self, gauges: Mapping[str, float | LabeledGauges] | None = None) -> bytes:
         """The text exposition of every process's metrics, summed, and the source's `gauges`
         (as `<name>_source_<key>`)."""
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
@@ -123,18 +123,25 @@ def create_metrics(prefix: str) -> Metrics:
 class _SourceGauges:
     """A collector of the source's counts, read at one scrape."""
 
-    def __init__(self, name: str, gauges: Mapping[str, float]) -> None:
+    def __init__(self, name: str, gauges: Mapping[str, float | LabeledGauges]) -> None:
         self.name, self.gauges = name, gauges
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
         for key, value in self.gauges.items():
+            name = f"{self.name}_source_{key}"
             help_text = f"The source's {key.replace('_', ' ')} count, read at this scrape."
-            yield GaugeMetricFamily(f"{self.name}_source_{key}", help_text, value=value)
+            if not isinstance(value, LabeledGauges):
+                yield GaugeMetricFamily(name, help_text, value=value)
+                continue
+            family = GaugeMetricFamily(name, value.help or help_text, labels=[value.label])
+            for label, number in value.values.items():
+                family.add_metric([label], number)
+            yield family
 
 
-async def _read_gauges(source: Source, outage: Outage) -> Mapping[str, float]:
+async def _read_gauges(source: Source, outage: Outage) -> Mapping[str, float | LabeledGauges]:
     try:
         gauges = await asyncio.wait_for(source.gauges(), GAUGES_TIMEOUT)
     except Exception as exc:  # a scrape goes on without them

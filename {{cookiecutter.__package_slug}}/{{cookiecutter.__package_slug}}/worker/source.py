@@ -65,6 +65,16 @@ class ItemInfo:
     traceparent: str | None = None
 
 
+@dataclass(frozen=True)
+class LabeledGauges:
+    """Gauges of one name for `Source.gauges`, one per value of `label` (e.g. one per
+    schedule): `<name>_source_<key>{<label>="<value>"}`, with `help` as their description."""
+
+    label: str
+    values: Mapping[str, float]
+    help: str = ""
+
+
 class Session:
     """The part of a source in one worker process: an async context manager, entered once
     after the fork and left before the process exits. It holds its own state (connections,
@@ -168,9 +178,10 @@ class Source:
     async def close(self) -> None:
         """Release what is held (put not-started items back) and disconnect. Always called."""
 
-    async def gauges(self) -> Mapping[str, float]:
+    async def gauges(self) -> Mapping[str, float | LabeledGauges]:
         """Counts for the metrics page, read in the parent at each scrape: each `key: value`
-        becomes the gauge `<name>_source_<key>` (e.g. `waiting`, `pending`, `dead_letters`).
+        becomes the gauge `<name>_source_<key>` (e.g. `waiting`, `pending`, `dead_letters`),
+        or, for `LabeledGauges`, one gauge of that name per label value.
 
         Should answer within GAUGES_TIMEOUT (2 s); if it fails or is late, that scrape leaves
         the gauges out.

@@ -6,6 +6,8 @@
   as `Worker(..., source=RedisJobs(settings))`. Each job goes to one consumer (one per worker
   instance); jobs left pending by an instance that died are claimed after `JOBS_CLAIM_IDLE`
   seconds; an idle instance waits on a blocking read, so a new job starts at once.
+- `RedisJobs(settings, schedules=[Every("nightly", cron="0 3 * * *"), ...])` also submits
+  recurring jobs while serving: one job per period across every instance, no leader.
 
 Attempts: a job's attempt counts only runs that started (the worker process records the start
 in Redis before the reader runs). A job that was fetched but never started, because its
@@ -21,13 +23,16 @@ reader ran twice.
 The package is split by where each part runs: `feed.py` (the source, in the parent process),
 `session.py` (each worker process), `commands.py` (the command line), `client.py` (the
 blocking client any program uses), `connection.py` (the URL, TLS and the ACL user every client
-connects with), `model.py` (jobs and entries), and `scripts.py` with the Lua scripts in `lua/`.
+connects with), `model.py` (jobs and entries), `every.py` (recurring schedules) and
+`recurring.py` (their periods claimed in Redis), and `scripts.py` with the Lua scripts in
+`lua/`.
 """
 
 from .client import (
     Jobs,
     acked_name,
     dead_name,
+    every_name,
     scheduled_name,
     starts_name,
     stream_name,
@@ -37,12 +42,14 @@ from .client import (
 )
 from .commands import JobsCli
 from .connection import connect, connect_async
+from .every import Every, ScheduleError
 from .feed import RedisJobs
 from .model import Delivery, Job, JobFailed, JobLost, JobsError, JobStats, MalformedJob
 from .session import JobsSession
 
 __all__ = [
     "Delivery",
+    "Every",
     "Job",
     "JobFailed",
     "JobLost",
@@ -53,10 +60,12 @@ __all__ = [
     "JobsSession",
     "MalformedJob",
     "RedisJobs",
+    "ScheduleError",
     "acked_name",
     "connect",
     "connect_async",
     "dead_name",
+    "every_name",
     "scheduled_name",
     "starts_name",
     "stream_name",

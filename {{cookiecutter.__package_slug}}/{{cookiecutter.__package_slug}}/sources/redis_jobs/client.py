@@ -61,6 +61,11 @@ def wake_name(stream: str) -> str:
     return f"{stream}:wake"
 
 
+def every_name(stream: str) -> str:
+    """The hash that holds, per recurring schedule, the latest period claimed (Unix seconds)."""
+    return f"{stream}:every"
+
+
 def _key_name(stream: str, key: str) -> str:
     return f"{stream}:key:{key}"
 

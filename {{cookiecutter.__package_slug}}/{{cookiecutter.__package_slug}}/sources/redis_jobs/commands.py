@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -16,7 +16,9 @@ from ...worker import SourceCli
 from ...worker.dead_letters import dead_letter_commands
 from .client import Jobs, dead_name
 from .connection import explain, where
+from .every import Every, check_schedules
 from .model import JobsError
+from .recurring import standings
 
 _QUOTE_HINT = "; a string is quoted in JSON: '\"%s\"'"
 
@@ -24,9 +26,10 @@ _QUOTE_HINT = "; a string is quoted in JSON: '\"%s\"'"
 class JobsCli(SourceCli):
     """The command-line part of `RedisJobs`."""
 
-    def __init__(self, settings: Settings, stream: str) -> None:
+    def __init__(self, settings: Settings, stream: str, schedules: Sequence[Every] = ()) -> None:
         self.settings = settings
         self.stream = stream
+        self.schedules = tuple(schedules)
 
     def commands(self) -> list[Callable[..., None] | typer.Typer]:
         """`submit`, `stats` and `dead` (list, replay, purge)."""
@@ -90,10 +93,21 @@ class JobsCli(SourceCli):
                 )
 
         def stats() -> None:
-            """Print the number of waiting, pending, dead and scheduled jobs as JSON."""
+            """Print the number of waiting, pending, dead and scheduled jobs as JSON, and
+            each recurring schedule's latest period claimed and next one due."""
             with one_line_errors(), Jobs(settings) as jobs:
-                counts = jobs.stats()
-            typer.echo(json.dumps(counts.__dict__))
+                schedules = check_schedules(self.schedules)
+                counts = jobs.stats().__dict__
+                standing = standings(jobs.client, self.stream, schedules)
+            if schedules:
+                counts["schedules"] = {
+                    schedule.name: {
+                        "last": _shown(schedule, standing[schedule.name].last),
+                        "next": _shown(schedule, standing[schedule.name].next),
+                    }
+                    for schedule in schedules
+                }
+            typer.echo(json.dumps(counts))
 
         dead = dead_letter_commands(
             dead_letters, f"the stream {dead_name(self.stream)} in {at_redis}", (JobsError,)
@@ -108,3 +122,8 @@ class JobsCli(SourceCli):
         except (JobsError, redis.RedisError) as exc:
             return f"{where(self.settings)}: {explain(self.settings, exc)}"
         return None
+
+
+def _shown(schedule: Every, period: int | None) -> str | None:
+    """A period as ISO 8601 in the schedule's time zone, or None."""
+    return None if period is None else schedule.when(period).isoformat()

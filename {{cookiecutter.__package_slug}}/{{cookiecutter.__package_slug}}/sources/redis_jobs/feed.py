@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...settings import ENV_PREFIX, Settings
-from ...worker import Failure, ItemInfo, Outcome, Source, SourceUnavailable
+from ...worker import Failure, ItemInfo, LabeledGauges, Outcome, Source, SourceUnavailable
 from ...worker.remote import Outage
 from . import scripts
 from .client import (
@@ -31,7 +31,9 @@ from .client import (
 )
 from .commands import JobsCli
 from .connection import SOCKET_TIMEOUT, connect_async, explain, refused, where
+from .every import Every, check_schedules
 from .model import Delivery, JobStats, as_text, attempt_of, delivery
+from .recurring import Standing, Ticker, standings
 from .session import GONE, STOPPED, JobsSession
 
 logger = logging.getLogger(__name__)
@@ -51,13 +53,19 @@ class RedisJobs(Source):
     every JOBS_CLAIM_IDLE/4 seconds, so only the jobs of a dead (or stalled) instance become
     claimable. The worker processes record each start and acknowledge each job themselves.
     `record_acks=True` appends each accepted acknowledgement to `<stream>:acked` (for audits
-    and tests).
+    and tests). `schedules` are recurring jobs (`Every`): while serving, each instance
+    submits them as they fall due, one job per period across all instances (`recurring.py`).
     """
 
     durable = True
 
     def __init__(
-        self, settings: Settings, *, consumer: str | None = None, record_acks: bool = False
+        self,
+        settings: Settings,
+        *,
+        consumer: str | None = None,
+        record_acks: bool = False,
+        schedules: Sequence[Every] = (),
     ) -> None:
         self.settings = settings
         self.stream = stream_name(settings)
@@ -68,6 +76,7 @@ class RedisJobs(Source):
         self.group = settings.jobs_group
         self.consumer = consumer or settings.jobs_consumer or default_consumer()
         self.record_acks = record_acks
+        self.schedules = tuple(schedules)  # checked in `open` and `qq stats`: one line each
         self.interval = settings.jobs_claim_idle / 4
         self.leases: dict[str, int] = {}  # entry -> delivery count, for jobs not yet settled
         self.lost: dict[str, str] = {}  # entry -> why, for jobs lost with their process
@@ -79,6 +88,7 @@ class RedisJobs(Source):
         self._cursor = "0-0"
         self._next_claim = 0.0
         self._heartbeat: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._releasing: asyncio.Task[None] | None = None
         self._lost_again = False  # a job was lost while `_releasing` ran: run it once more
         self._fetching = asyncio.Lock()  # a fetch's jobs are leased before anything is released
@@ -96,8 +106,11 @@ class RedisJobs(Source):
 
     # parent
     async def open(self, *, drain: bool) -> None:
-        """Connect and join the group. A drain that cannot reach Redis within
-        SOURCE_CONNECT_TIMEOUT raises `SourceUnavailable`; serving retries in `fetch`."""
+        """Check the schedules, connect and join the group, and, when serving, start
+        submitting the recurring jobs. Bad schedules raise `ScheduleError`; a drain that cannot
+        reach Redis within SOURCE_CONNECT_TIMEOUT raises `SourceUnavailable`; serving retries
+        in `fetch`."""
+        check_schedules(self.schedules)
         self.draining = drain
         self.leases.clear()
         self._history, self._cursor, self._next_claim = "0", "0-0", 0.0
@@ -109,7 +122,7 @@ class RedisJobs(Source):
             try:
                 await self._open()
                 self._outage.ok()
-                return
+                break
             except ResponseError as exc:
                 if refused(exc):
                     raise self._refused(exc) from None
@@ -117,7 +130,7 @@ class RedisJobs(Source):
             except UNREACHABLE as exc:
                 if not drain:
                     self._outage.failed(exc)  # logged; `fetch` retries
-                    return
+                    break
                 if time.monotonic() >= deadline:
                     raise self._unavailable(exc) from None
                 if not waiting:  # one line now; if Redis stays away, one error line says so
@@ -130,6 +143,9 @@ class RedisJobs(Source):
                         explain(self.settings, exc),
                     )
             await asyncio.sleep(OUTAGE_PAUSE)
+        if self.schedules and not drain:  # a drain ends: it submits no recurring job
+            ticker = Ticker(self.schedules, self.stream)
+            self._ticker = asyncio.get_running_loop().create_task(ticker.run(self._open, time.time))
 
     def _unavailable(self, exc: BaseException) -> SourceUnavailable:
         return SourceUnavailable(
@@ -312,6 +328,10 @@ class RedisJobs(Source):
     async def close(self) -> None:
         """Put back every job this consumer still holds (none started, or lost with their
         worker: only those count an attempt), then stop renewing and disconnect."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.wait({self._ticker})
+            self._ticker = None
         if self._releasing is not None:
             await asyncio.wait({self._releasing})
         try:
@@ -460,19 +480,27 @@ class RedisJobs(Source):
 
     def cli(self) -> JobsCli:
         """`submit`, `stats` and `dead` (list, replay, purge), and the health check."""
-        return JobsCli(self.settings, self.stream)
+        return JobsCli(self.settings, self.stream, self.schedules)
 
-    async def gauges(self) -> dict[str, float]:
-        """Jobs waiting, pending with any consumer, and dead letters (what `qq stats` says)."""
+    async def gauges(self) -> Mapping[str, float | LabeledGauges]:
+        """Jobs waiting, pending with any consumer, dead letters and scheduled, and when each
+        recurring schedule is next due (what `qq stats` says)."""
 
-        def counts() -> JobStats:
+        def counts() -> tuple[JobStats, dict[str, Standing]]:
             with Jobs(self.settings) as jobs:
-                return jobs.stats()
+                return jobs.stats(), standings(jobs.client, self.stream, self.schedules)
 
-        stats = await asyncio.to_thread(counts)
-        return {
+        stats, standing = await asyncio.to_thread(counts)
+        gauges: dict[str, float | LabeledGauges] = {
             "waiting": stats.waiting,
             "pending": stats.pending,
             "dead_letters": stats.dead,
             "scheduled": stats.scheduled,
         }
+        if standing:
+            gauges["schedule_next_run_timestamp_seconds"] = LabeledGauges(
+                "schedule",
+                {name: float(state.next) for name, state in standing.items()},
+                "When each recurring schedule's next job is due (Unix time); past: overdue.",
+            )
+        return gauges

@@ -24,6 +24,7 @@ RENEW = HELPERS + _read("renew")
 SUBMIT_KEYED = _read("submit_keyed")
 SCHEDULE = _read("schedule")
 REPLAY = HELPERS + _read("replay")
+EVERY = _read("every")
 
 
 @cache
