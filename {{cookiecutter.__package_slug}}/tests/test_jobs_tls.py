@@ -27,11 +27,14 @@ from support import free_port
 
 from {{ cookiecutter.__package_slug }}.settings import Settings, problems
 from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
+    Every,
     Job,
     Jobs,
     JobStats,
     RedisJobs,
+    connect_async,
 )
+from {{ cookiecutter.__package_slug }}.sources.redis_jobs.recurring import Ticker, standings
 from {{ cookiecutter.__package_slug }}.worker import Permanent
 
 PREFIX = "{{ cookiecutter.__env_prefix }}"
@@ -306,6 +309,19 @@ async def test_an_acl_user_limited_to_the_projects_keys_runs_every_command(
     assert ok(qq(env, "dead", "purge", "--older-than", "3600")).strip() == "purged 0"
     assert ok(qq(env, "dead", "purge", "--all")).strip() == "purged 1"
     assert json.loads(ok(qq(env, "stats"))) == JobStats(stream, 0, 0, 0).__dict__
+
+    # Recurring jobs: a serving instance claims a period and adds its job; stats reads them.
+    schedules = [Every("tick", seconds=60)]
+    client, ticker, now = connect_async(settings), Ticker(schedules, stream), time.time()
+    try:
+        await ticker.tick(client, now)  # a new schedule starts with its next period
+        [claim] = await ticker.tick(client, now + 60)
+    finally:
+        await client.aclose()
+    assert len(claim.jobs) == 1, claim
+    with Jobs(settings) as jobs:
+        assert standings(jobs.client, stream, schedules)["tick"].last == claim.period
+    assert drained(env) == (1, 0)  # the period's job
 
     # What KEDA's redis-streams trigger runs (lagCount: XINFO GROUPS; the others: XPENDING,
     # XLEN), as this user; and nothing outside the project's keys.
