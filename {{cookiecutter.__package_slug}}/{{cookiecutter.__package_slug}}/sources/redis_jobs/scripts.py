@@ -16,7 +16,9 @@ def _read(name: str) -> str:
 
 
 HELPERS = _read("helpers")
+LOCATE = HELPERS + _read("locate")
 FETCH = HELPERS + _read("fetch")
+BEGIN = HELPERS + _read("begin")
 ACK = _read("ack")
 SETTLE = HELPERS + _read("settle")
 RELEASE = HELPERS + _read("release")
@@ -25,6 +27,8 @@ SUBMIT_KEYED = _read("submit_keyed")
 SCHEDULE = _read("schedule")
 REPLAY = HELPERS + _read("replay")
 EVERY = _read("every")
+STATUS = LOCATE + _read("status")
+CANCEL = LOCATE + _read("cancel")
 
 
 @cache
