@@ -371,7 +371,7 @@ async def test_close_puts_jobs_back_counting_an_attempt_only_for_started_ones(
             [job] = await session.begin(held[:1])  # its worker dies here: no outcome
         assert isinstance(job, Job)
         assert (job.id, job.attempt) == (ids[0], 1)
-        # The start mark is in Redis before the reader runs.
+        # The start mark was written without waiting for its reply; it is in Redis.
         with client_for(server.port) as client:
             assert client.hgetall(starts_name(stream)) == {held[0][0]: "1"}
     finally:

@@ -1,6 +1,6 @@
-"""A job's status by id and cancelling a job that has not started, against a real
+"""A job's status by id and cancelling a job that no instance holds, against a real
 redis-server: through retries, dead letters and replays, delayed jobs, two operators at once,
-and jobs an instance fetched before they were cancelled."""
+cancels racing a worker, and jobs an instance fetched (not cancelled: they run once)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import cast
 import pytest
 from jobs_support import (
     PROJECT,
+    acks,
     client_for,
     jobs_worker,
     new_stream,
@@ -32,10 +33,10 @@ from support import Journal, at_once_in_two_processes
 
 from {{ cookiecutter.__package_slug }}.settings import Settings
 from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
+    Cancellation,
     CancelResult,
     Delivery,
     Job,
-    JobCancelled,
     JobFailed,
     Jobs,
     JobsError,
@@ -43,9 +44,9 @@ from {{ cookiecutter.__package_slug }}.sources.redis_jobs import (
     JobStats,
     JobStatus,
     RedisJobs,
-    cancelled_name,
     current_name,
     outcome_name,
+    starts_name,
 )
 from {{ cookiecutter.__package_slug }}.worker import Failure
 
@@ -74,7 +75,7 @@ def status(settings: Settings, job_id: str) -> JobStatus:
         return jobs.status(job_id)
 
 
-def cancel(settings: Settings, job_id: str) -> CancelResult:
+def cancel(settings: Settings, job_id: str) -> Cancellation:
     with Jobs(settings) as jobs:
         return jobs.cancel(job_id)
 
@@ -187,7 +188,7 @@ def test_unknown_and_malformed_ids(server: Server, stream: str) -> None:
     with Jobs(settings) as jobs:
         assert jobs.status("1700000000000-0") == JobStatus("1700000000000-0", UNKNOWN)
         assert jobs.status(uuid.uuid4().hex).state is UNKNOWN
-        assert jobs.cancel("1700000000000-0") is CancelResult.UNKNOWN
+        assert jobs.cancel("1700000000000-0") == Cancellation(CancelResult.UNKNOWN)
         jobs.submit("keeps the stream and its group from being empty")
         assert jobs.status("1-0").state is UNKNOWN
         for bad in ("", "abc", "1700000000000-0 ", "1700000000000", uuid.uuid4().hex.upper()):
@@ -206,7 +207,7 @@ def test_the_status_ttl_is_a_positive_number_of_seconds() -> None:
 def _cancel_all(settings: Settings, ids: list[str]) -> int:
     """Cancel `ids` in this order; how many this call cancelled (the others: already)."""
     with Jobs(settings) as jobs:
-        results = [jobs.cancel(job_id) for job_id in ids]
+        results = [jobs.cancel(job_id).result for job_id in ids]
     assert set(results) <= {CancelResult.CANCELLED, CancelResult.ALREADY_CANCELLED}, results
     return results.count(CancelResult.CANCELLED)
 
@@ -231,13 +232,13 @@ async def test_two_operators_cancel_the_same_jobs_at_once_each_is_cancelled_once
     assert journal.column(0) == {kept: 1}  # none of the cancelled ones ran
     with Jobs(settings) as jobs:
         assert jobs.stats() == JobStats(stream, 0, 0, 0, 0)
-        assert not jobs.client.exists(current_name(stream), cancelled_name(stream))
+        assert not jobs.client.exists(current_name(stream))
         for job_id in chosen:
             found = jobs.status(job_id)
             assert found.state is CANCELLED
             assert ended_recently(found.ended)
-            assert jobs.cancel(job_id) is CancelResult.ALREADY_CANCELLED
-        assert jobs.cancel(kept) is CancelResult.FINISHED
+            assert jobs.cancel(job_id).result is CancelResult.ALREADY_CANCELLED
+        assert jobs.cancel(kept).result is CancelResult.FINISHED
 
 
 async def test_a_running_job_is_not_cancelled(server: Server, stream: str) -> None:
@@ -251,96 +252,83 @@ async def test_a_running_job_is_not_cancelled(server: Server, stream: str) -> No
         async with source.session() as session:
             [job] = await session.begin([item])
             assert isinstance(job, Job)
-            assert cancel(settings, job_id) is CancelResult.RUNNING
+            assert cancel(settings, job_id) == Cancellation(CancelResult.RUNNING, "c")
             assert status(settings, job_id).state is RUNNING
             assert await session.commit([(item, None)]) == [None]  # it ran to the end
     finally:
         await source.close()
     assert status(settings, job_id).state is SUCCEEDED
-    assert cancel(settings, job_id) is CancelResult.FINISHED
+    assert cancel(settings, job_id) == Cancellation(CancelResult.FINISHED)
 
 
-async def test_a_job_cancelled_after_its_instance_fetched_it_is_dropped_unstarted(
+async def test_a_job_an_instance_fetched_is_not_cancelled_and_runs_once(
     server: Server, stream: str
 ) -> None:
-    settings = settings_for(server.port, stream, jobs_status_ttl=60)
+    settings = settings_for(server.port, stream)
     with Jobs(settings) as jobs:
-        job_id, other = cast(list[str], jobs.submit_many(["cancelled", "other"]))
-    source = RedisJobs(settings, consumer="c")
+        fetched, other = cast(list[str], jobs.submit_many(["fetched", "other"]))
+    source = RedisJobs(settings, consumer="c", record_acks=True)
     await source.open(drain=False)
     try:
         items = [item async for item in source.fetch(2, 0)]
-        assert cancel(settings, job_id) is CancelResult.CANCELLED
-        assert status(settings, job_id).state is CANCELLED
-        assert cancel(settings, job_id) is CancelResult.ALREADY_CANCELLED
+        # In the instance's memory, about to start: left as it is, nothing marked.
+        assert cancel(settings, fetched) == Cancellation(CancelResult.FETCHED, "c")
+        held = JobStatus(fetched, WAITING, attempt=1, entry=fetched, consumer="c")
+        assert status(settings, fetched) == held
         async with source.session() as session:
-            cancelled, job = await session.begin(items)
-            assert isinstance(cancelled, JobCancelled)
-            assert str(cancelled) == f"job {job_id} was cancelled before it started"
-            assert isinstance(job, Job)
-            assert job.id == other
-            refusal = Failure(f"JobCancelled: {cancelled}", permanent=True)
-            assert await session.commit([(items[0], refusal), (items[1], None)]) == [None, None]
+            started = await session.begin(items)
+            assert [job.id for job in started if isinstance(job, Job)] == [fetched, other]
+            assert await session.commit([(item, None) for item in items]) == [None, None]
     finally:
         await source.close()
-    with Jobs(settings) as jobs:
-        assert jobs.stats() == JobStats(stream, 0, 0, 0, 0)  # acknowledged and gone
-        assert not jobs.client.exists(cancelled_name(stream))
-        assert jobs.client.hlen(f"{stream}:starts") == 0
-        assert jobs.status(job_id).state is CANCELLED
+    assert [ack["job"] for ack in acks(server.port, stream)] == [fetched, other]  # once each
+    assert status(settings, fetched).state is SUCCEEDED
+    assert cancel(settings, fetched) == Cancellation(CancelResult.FINISHED)
 
 
-async def test_an_instance_that_stopped_or_stalled_does_not_run_a_cancelled_job_either(
+async def test_a_job_put_back_by_a_stopped_instance_is_cancellable_one_a_dead_one_holds_runs(
     server: Server, stream: str, journal: Journal
 ) -> None:
-    settings = settings_for(server.port, stream, jobs_claim_idle=0.5)
+    settings = settings_for(server.port, stream)
     group = settings.jobs_group
     with Jobs(settings) as jobs:
-        released, claimed, stalled = cast(list[str], jobs.submit_many(["r", "c", "s"]))
-    # One instance fetches `released` and stops before starting it.
+        released, held = cast(list[str], jobs.submit_many(["released", "held"]))
+    # An instance fetches `released` and stops before starting it: it puts the job back.
     first = RedisJobs(settings, consumer="first")
     await first.open(drain=False)
-    [item] = [item async for item in first.fetch(1, 0)]
-    assert Delivery._make(item).job_id == released
-    assert cancel(settings, released) is CancelResult.CANCELLED
-    await first.close()  # puts back what it holds: a cancelled job is dropped instead
-    # A consumer that died held `claimed`; another instance's drain claims it.
+    try:
+        [item] = [item async for item in first.fetch(1, 0)]
+        assert Delivery._make(item).job_id == released
+        assert cancel(settings, released) == Cancellation(CancelResult.FETCHED, "first")
+    finally:
+        await first.close()
+    back = status(settings, released)
+    assert (back.state, back.consumer) == (WAITING, None)  # a new entry, that nobody holds
+    assert back.entry not in (None, released)
+    assert cancel(settings, released) == Cancellation(CancelResult.CANCELLED)
+    # A consumer that died holds `held`: not cancelled; another instance claims and runs it.
     with Jobs(settings) as jobs:
         jobs.client.xreadgroup(group, "dead", {stream: ">"}, count=1)
-    assert cancel(settings, claimed) is CancelResult.CANCELLED
-    # `stalled` was fetched by a consumer that stalled; another claimed it and dropped it,
-    # then the stalled one tries to start it.
-    slow = RedisJobs(settings, consumer="slow")
-    await slow.open(drain=False)
-    try:
-        [stale] = [item async for item in slow.fetch(1, 0)]
-        assert cancel(settings, stalled) is CancelResult.CANCELLED
+        jobs.client.xclaim(stream, group, "dead", 0, [held], idle=60_000)  # claimable now
+    assert cancel(settings, held) == Cancellation(CancelResult.FETCHED, "dead")
 
-        def record(item: Job) -> None:
-            journal.add(item.id)
+    def record(item: Job) -> None:
+        journal.add(item.id)
 
-        with Jobs(settings) as jobs:  # renewals stop while it stalls: it becomes claimable
-            jobs.client.xclaim(stream, group, "slow", 0, [Delivery._make(stale).entry])
-        await asyncio.sleep(0.6)  # JOBS_CLAIM_IDLE, for the claim
-        summary = await jobs_worker(settings, record).drain()
-        assert (summary.succeeded, summary.failed) == (0, 0)  # dropped when claimed
-        async with slow.session() as session:
-            [late] = await session.begin([stale])
-        assert isinstance(late, JobCancelled)
-    finally:
-        await slow.close()
-    assert not journal.rows()
+    summary = await jobs_worker(settings, record).drain()
+    assert (summary.succeeded, summary.failed) == (1, 0)
+    assert journal.column(0) == {held: 1}
     with Jobs(settings) as jobs:
         assert jobs.stats() == JobStats(stream, 0, 0, 0, 0)
-        assert not jobs.client.exists(cancelled_name(stream), f"{stream}:starts")
-        assert {jobs.status(job).state for job in (released, claimed, stalled)} == {CANCELLED}
+        assert jobs.status(released).state is CANCELLED
+        assert jobs.status(held).state is SUCCEEDED
 
 
-async def test_a_job_cancelled_while_it_waits_in_a_busy_instance_never_runs(
+async def test_a_job_fetched_by_a_busy_instance_is_not_cancelled_and_runs_once(
     server: Server, stream: str, tmp_path: Path, journal: Journal
 ) -> None:
     """End to end: the one reader slot is busy; the next job, already fetched by the instance,
-    is cancelled; it never runs, and the drain counts it failed (cancelled)."""
+    is not cancelled (the answer names the instance); it runs once, after the first."""
     settings = settings_for(server.port, stream, num_processes=1, concurrent_tasks_per_process=1)
     flag = tmp_path / "go"
     with Jobs(settings) as jobs:
@@ -349,24 +337,102 @@ async def test_a_job_cancelled_while_it_waits_in_a_busy_instance_never_runs(
     async def reader(item: Job) -> None:
         journal.add("ran", item.id)
         deadline = time.monotonic() + 30
-        while not flag.exists():  # until the test cancelled the second job
+        while not flag.exists():  # until the test tried to cancel the second job
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
 
-    drain = asyncio.ensure_future(jobs_worker(settings, reader).drain())
+    drain = asyncio.ensure_future(jobs_worker(settings, reader, consumer="busy").drain())
     try:
         await wait_for(lambda: journal.column(0)["ran"] == 1, 30, "the first job to start")
         with Jobs(settings) as jobs:
             await wait_for(lambda: jobs.stats().pending == 2, 10, "both jobs to be fetched")
-            assert jobs.cancel(second) is CancelResult.CANCELLED
+            assert jobs.cancel(second) == Cancellation(CancelResult.FETCHED, "busy")
     finally:
         flag.touch()
     summary = await asyncio.wait_for(drain, 30)
-    assert (summary.succeeded, summary.failed) == (1, 1)
-    assert journal.rows() == [["ran", first]]
+    assert (summary.succeeded, summary.failed) == (2, 0)
+    assert journal.rows() == [["ran", first], ["ran", second]]
     with Jobs(settings) as jobs:
-        assert jobs.status(second).state is CANCELLED
+        assert jobs.status(second).state is SUCCEEDED
         assert jobs.stats() == JobStats(stream, 0, 0, 0, 0)
+
+
+def _cancel_each(settings: Settings, ids: list[str]) -> dict[str, CancelResult]:
+    with Jobs(settings) as jobs:
+        return {job_id: jobs.cancel(job_id).result for job_id in ids}
+
+
+async def test_cancels_racing_a_worker_never_cancel_a_job_that_runs(
+    server: Server, stream: str, journal: Journal
+) -> None:
+    """Two operators cancel every job, in opposite orders, while an instance fetches and runs
+    them a few at a time: each job is cancelled once and never runs, or runs once and no
+    answer says it was cancelled."""
+    settings = settings_for(
+        server.port, stream, num_processes=1, concurrent_tasks_per_process=2, lookup_block_size=4
+    )
+    with Jobs(settings) as jobs:
+        ids = cast(list[str], jobs.submit_many(range(300)))
+
+    async def reader(item: Job) -> None:
+        journal.add(item.id)
+        await asyncio.sleep(0.005)  # a short job: fetches go on while the cancels run
+
+    drain = asyncio.ensure_future(jobs_worker(settings, reader).drain())
+    try:
+        await wait_for(lambda: bool(journal.rows()), 30, "the first job to start")
+        forward, backward = await asyncio.gather(
+            asyncio.to_thread(_cancel_each, settings, ids),
+            asyncio.to_thread(_cancel_each, settings, ids[::-1]),
+        )
+    finally:
+        summary = await asyncio.wait_for(drain, 30)
+    ran = journal.column(0)
+    cancelled = {job for job in ids if CancelResult.CANCELLED in (forward[job], backward[job])}
+    assert ran  # the first job ran ...
+    assert cancelled  # ... and the last one was cancelled before any fetch could reach it
+    assert (summary.succeeded, summary.failed) == (len(ran), 0)
+    assert set(ran.values()) == {1}
+    assert not set(ran) & cancelled
+    assert set(ran) | cancelled == set(ids)
+    kept = {CancelResult.FETCHED, CancelResult.RUNNING, CancelResult.FINISHED}
+    with Jobs(settings) as jobs:
+        for job in ids:
+            answers = {forward[job], backward[job]}
+            if job in cancelled:
+                assert answers == {CancelResult.CANCELLED, CancelResult.ALREADY_CANCELLED}
+                assert jobs.status(job).state is CANCELLED
+            else:
+                assert answers <= kept, answers
+                assert jobs.status(job).state is SUCCEEDED
+        assert jobs.stats() == JobStats(stream, 0, 0, 0, 0)
+
+
+async def test_a_pending_entry_deleted_by_hand_is_acknowledged_and_skipped(
+    server: Server, stream: str
+) -> None:
+    """`cancel` never deletes a pending entry, but another program may: the consumer that held
+    it (reading its history again) and one that claims it acknowledge and skip it."""
+    settings = settings_for(server.port, stream)
+    group = settings.jobs_group
+    with Jobs(settings) as jobs:
+        mine, theirs, kept = cast(list[str], jobs.submit_many(["mine", "theirs", "kept"]))
+        jobs.client.xgroup_create(stream, group, id="0")
+        jobs.client.xreadgroup(group, "c", {stream: ">"}, count=1)  # `mine`
+        jobs.client.xreadgroup(group, "dead", {stream: ">"}, count=1)  # `theirs`
+        jobs.client.xclaim(stream, group, "dead", 0, [theirs], idle=60_000)  # claimable now
+        assert jobs.client.xdel(stream, mine, theirs) == 2
+    source = RedisJobs(settings, consumer="c")  # `c` again, as after a restart
+    await source.open(drain=False)
+    try:
+        items = [item async for item in source.fetch(10, 0)]
+        assert [Delivery._make(item).job_id for item in items] == [kept]
+        with Jobs(settings) as jobs:
+            [pending] = jobs.client.xpending_range(stream, group, "-", "+", 10)
+            assert (pending["message_id"], pending["consumer"]) == (kept, "c")
+            assert jobs.status(mine).state is UNKNOWN
+    finally:
+        await source.close()
 
 
 def test_status_and_cancel_commands(server: Server, stream: str) -> None:
@@ -396,6 +462,22 @@ def test_status_and_cancel_commands(server: Server, stream: str) -> None:
     again = run("cancel", job_id)
     assert (again.returncode, again.stdout) == (1, f"{job_id}: already cancelled\n")
     assert run("status", job_id).stdout.startswith(f"{job_id}: cancelled at 20")
+
+    # A job a consumer fetched runs: not cancelled, and the answer names the consumer.
+    settings = settings_for(server.port, stream)
+    with Jobs(settings) as jobs:
+        held = cast(str, jobs.submit("held"))
+        jobs.client.xgroup_create(stream, settings.jobs_group, id="0")
+        jobs.client.xreadgroup(settings.jobs_group, "someone", {stream: ">"}, count=1)
+    fetched = run("cancel", held)
+    told = f"{held}: not cancelled: fetched by someone, about to start\n"
+    assert (fetched.returncode, fetched.stdout) == (1, told)
+    with client_for(server.port) as client:
+        client.hset(starts_name(stream), held, 1)  # as its worker process does at the start
+    running = run("cancel", held)
+    told = f"{held}: running (consumer someone), not cancelled: it is not interrupted\n"
+    assert (running.returncode, running.stdout) == (1, told)
+    assert run("status", held).stdout == f"{held}: running (attempt 1, consumer someone)\n"
 
     unknown = run("status", "1-0")
     assert unknown.returncode == 1

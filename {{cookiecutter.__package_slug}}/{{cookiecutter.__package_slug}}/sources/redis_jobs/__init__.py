@@ -3,8 +3,8 @@
 - `submit(payload, key=None)` / `submit_many(payloads)` (or a `Jobs` client) add JSON jobs to
   the project's stream from any program; `qq submit '<json>'` from a shell.
 - `Jobs.status(id)` / `qq status ID` tell where a job is (scheduled, waiting, running) or how
-  it ended, for JOBS_STATUS_TTL seconds; `Jobs.cancel(id)` / `qq cancel ID` cancel one that has
-  not started.
+  it ended, for JOBS_STATUS_TTL seconds; `Jobs.cancel(id)` / `qq cancel ID` cancel one that no
+  instance has fetched.
 - `RedisJobs(settings)` is the `Source` that reads the stream through a consumer group: pass it
   as `Worker(..., source=RedisJobs(settings))`. Each job goes to one consumer (one per worker
   instance); jobs left pending by an instance that died are claimed after `JOBS_CLAIM_IDLE`
@@ -34,7 +34,6 @@ connects with), `model.py` (jobs and entries), `every.py` (recurring schedules) 
 from .client import (
     Jobs,
     acked_name,
-    cancelled_name,
     current_name,
     dead_name,
     every_name,
@@ -51,10 +50,10 @@ from .connection import connect, connect_async
 from .every import Every, ScheduleError
 from .feed import RedisJobs
 from .model import (
+    Cancellation,
     CancelResult,
     Delivery,
     Job,
-    JobCancelled,
     JobFailed,
     JobLost,
     JobsError,
@@ -67,10 +66,10 @@ from .session import JobsSession
 
 __all__ = [
     "CancelResult",
+    "Cancellation",
     "Delivery",
     "Every",
     "Job",
-    "JobCancelled",
     "JobFailed",
     "JobLost",
     "JobState",
@@ -84,7 +83,6 @@ __all__ = [
     "RedisJobs",
     "ScheduleError",
     "acked_name",
-    "cancelled_name",
     "connect",
     "connect_async",
     "current_name",

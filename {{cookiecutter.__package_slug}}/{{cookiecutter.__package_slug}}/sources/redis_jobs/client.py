@@ -24,6 +24,7 @@ from ...worker.texts import shorten
 from . import scripts
 from .connection import connect
 from .model import (
+    Cancellation,
     CancelResult,
     JobsError,
     JobStats,
@@ -41,6 +42,7 @@ JOB_ID = re.compile(r"\d+-\d+|[0-9a-f]{32}")  # a stream entry's, or a scheduled
 CANCELS = {  # cancel.lua's answers
     "cancelled": CancelResult.CANCELLED,
     "already": CancelResult.ALREADY_CANCELLED,
+    "fetched": CancelResult.FETCHED,
     "running": CancelResult.RUNNING,
     "finished": CancelResult.FINISHED,
     "unknown": CancelResult.UNKNOWN,
@@ -90,12 +92,6 @@ def current_name(stream: str) -> str:
     """The hash of the jobs whose stream entry is not their id (retried, replayed, scheduled):
     job id to its entry now, or `due:<ms>` while it is scheduled."""
     return f"{stream}:current"
-
-
-def cancelled_name(stream: str) -> str:
-    """The hash of the entries cancelled after an instance fetched them (entry to job id),
-    until that instance drops them unstarted."""
-    return f"{stream}:cancelled"
 
 
 def outcome_name(stream: str, job_id: str) -> str:
@@ -281,15 +277,18 @@ class Jobs:
         reply = self._status(keys=keys, args=[self.settings.jobs_group, job_id])
         return JobStatus.from_script(job_id, json.loads(as_text(reply)))
 
-    def cancel(self, job_id: str) -> CancelResult:
-        """Cancel job `job_id` if it has not started: a scheduled or waiting job (also one an
-        instance fetched) never runs, and its status is `cancelled`. One atomic script: of two
-        callers at once, one gets CANCELLED and the other ALREADY_CANCELLED. A running job is
-        not interrupted (RUNNING); a finished one says so (FINISHED)."""
+    def cancel(self, job_id: str) -> Cancellation:
+        """Cancel job `job_id` if no instance holds it: a scheduled job, or a waiting one no
+        instance fetched, never runs, and its status is `cancelled`. One atomic script: of two
+        callers at once, one gets CANCELLED and the other ALREADY_CANCELLED. A job an instance
+        fetched is about to start and runs (FETCHED); a running one is not interrupted
+        (RUNNING): both name the consumer. A finished one says so (FINISHED). Raises JobsError
+        for a malformed id."""
         _check_job_id(job_id)
         keys = [self.stream, starts_name(self.stream), self.scheduled]
         args: list[str | int] = [self.settings.jobs_group, job_id, self.settings.jobs_status_ttl]
-        return CANCELS[as_text(self._cancel(keys=keys, args=args))]
+        answer, *holder = [as_text(part) for part in self._cancel(keys=keys, args=args)]
+        return Cancellation(CANCELS[answer], *holder)
 
     def stats(self) -> JobStats:
         """How many jobs wait, are pending with a consumer, and are dead letters."""

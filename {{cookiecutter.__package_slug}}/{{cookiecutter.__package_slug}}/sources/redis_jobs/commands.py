@@ -18,7 +18,7 @@ from ...worker.dead_letters import dead_letter_commands
 from .client import Jobs, dead_name
 from .connection import explain, where
 from .every import Every, check_schedules
-from .model import CancelResult, JobsError, JobState, JobStatus
+from .model import Cancellation, CancelResult, JobsError, JobState, JobStatus
 from .recurring import standings
 
 _QUOTE_HINT = "; a string is quoted in JSON: '\"%s\"'"
@@ -108,11 +108,11 @@ class JobsCli(SourceCli):
         def cancel(
             job_id: str = typer.Argument(..., metavar="ID", help="The job id `submit` printed."),
         ) -> None:
-            """Cancel a job that has not started. Exit 0 if this cancelled it, else 1."""
+            """Cancel a job that no instance has fetched. Exit 0 if this cancelled it, else 1."""
             with one_line_errors(), Jobs(settings) as jobs:
-                result = jobs.cancel(job_id)
-            typer.echo(f"{job_id}: {result}")
-            if result is not CancelResult.CANCELLED:
+                answer = jobs.cancel(job_id)
+            typer.echo(f"{job_id}: {_cancel_line(answer)}")
+            if answer.result is not CancelResult.CANCELLED:
                 raise typer.Exit(1)
 
         def stats() -> None:
@@ -175,3 +175,13 @@ def _status_line(found: JobStatus, ttl: str) -> str:
     else:
         told = f"unknown: not submitted here, or it ended over {ttl} ago"
     return f"{found.id}: {told}"
+
+
+def _cancel_line(answer: Cancellation) -> str:
+    """What `qq cancel` says after the job id: the result, naming the consumer that holds a
+    fetched or running job."""
+    if answer.result is CancelResult.FETCHED:
+        return f"not cancelled: fetched by {answer.consumer}, about to start"
+    if answer.result is CancelResult.RUNNING:
+        return f"running (consumer {answer.consumer}), not cancelled: it is not interrupted"
+    return str(answer.result)

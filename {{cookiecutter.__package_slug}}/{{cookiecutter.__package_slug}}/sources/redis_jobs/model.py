@@ -28,10 +28,6 @@ class JobFailed(JobsError):
     """The job failed: it was put back for another attempt or moved to the dead letters."""
 
 
-class JobCancelled(JobsError, Permanent):
-    """The job was cancelled (`Jobs.cancel`) after an instance fetched it: it does not run."""
-
-
 class MalformedJob(JobsError, Permanent):
     """A stream entry that is not a job as this module writes them (its payload is not JSON,
     not UTF-8 text, or missing): it fails at once and goes to the dead letters as it was."""
@@ -134,9 +130,19 @@ class CancelResult(StrEnum):
 
     CANCELLED = "cancelled"
     ALREADY_CANCELLED = "already cancelled"
+    FETCHED = "fetched, about to start: not cancelled"  # an instance holds it: it runs
     RUNNING = "running, not cancelled"  # a run started: it is not interrupted
     FINISHED = "finished, not cancelled"  # it succeeded or failed
     UNKNOWN = "unknown, not cancelled"  # not submitted here, or ended over JOBS_STATUS_TTL ago
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """`Jobs.cancel`'s answer: its `result`, and for a job an instance holds (FETCHED or
+    RUNNING) the `consumer` that does."""
+
+    result: CancelResult
+    consumer: str | None = None
 
 
 def ms_time(ms: int) -> str:

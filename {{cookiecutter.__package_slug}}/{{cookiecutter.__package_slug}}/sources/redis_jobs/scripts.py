@@ -18,7 +18,6 @@ def _read(name: str) -> str:
 HELPERS = _read("helpers")
 LOCATE = HELPERS + _read("locate")
 FETCH = HELPERS + _read("fetch")
-BEGIN = HELPERS + _read("begin")
 ACK = _read("ack")
 SETTLE = HELPERS + _read("settle")
 RELEASE = HELPERS + _read("release")

@@ -1,6 +1,6 @@
 """The jobs stream in each worker process: a `JobsSession` records each start before the
-reader runs (unless the job was cancelled meanwhile) and acknowledges, puts back or buries each
-job after it, on one pipelined connection (`_Wire`)."""
+reader runs and acknowledges, puts back or buries each job after it, on one pipelined
+connection (`_Wire`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from ...worker.texts import shorten
 from . import scripts
 from .client import acked_name, dead_name, starts_name, stream_name
 from .connection import SOCKET_TIMEOUT, connect_async
-from .model import ACKED, Delivery, Job, JobCancelled, JobFailed, JobLost, JobsError, MalformedJob
+from .model import ACKED, Delivery, Job, JobFailed, JobLost, JobsError, MalformedJob
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ class JobsSession(Session):
         self.stream = stream_name(settings)
         self.dead = dead_name(self.stream)
         self.starts = starts_name(self.stream)
-        self.not_started: set[str] = set()  # entries `begin` dropped: nothing to commit
         self.client: aioredis.Redis | None = None
         self.wire: _Wire | None = None
         self.outage = Outage(f"Redis jobs ({consumer})")
@@ -74,33 +73,25 @@ class JobsSession(Session):
         self.wire = self.client = None
 
     async def begin(self, items: Sequence[Any]) -> list[Job | Exception]:
-        """Record that the jobs start, unless one was cancelled since it was fetched (one
-        script call for all, awaited), then decode each for its reader. A cancelled job is
-        acknowledged and dropped by the script: it fails without running, and nothing is
-        committed for it.
+        """Record that the jobs start (one call for all), then decode each for its reader.
 
-        The starts are in Redis before the readers run: a worker that dies after this still
-        counts the attempts, and the process's commands reach Redis in order, so a job's
-        acknowledgement or settlement comes after its start mark.
+        The starts are written to Redis before the readers run, without waiting for the
+        reply: a worker that dies after this still counts the attempts (the bytes are on
+        their way), and the process's commands reach Redis in order, so a job's
+        acknowledgement or settlement comes after its start mark. The mark is also what
+        `Jobs.status` calls running; `Jobs.cancel` leaves a fetched job alone, so nothing
+        has to be asked before a start.
         """
         deliveries = [Delivery._make(item) for item in items]
-        args: list[Any] = [self.settings.jobs_group]  # attempt 0: buried at fetch, not started
-        args += [f for d in deliveries if d.attempt for f in (d.entry, d.attempt, d.job_id)]
-        codes = ""
-        if len(args) > 1:
-            keys = [self.stream, self.starts]
-            start = partial(self._wire().script, scripts.BEGIN, keys, args)
-            codes = await _retrying(self.outage, self.settings.jobs_claim_idle, start)
-        started = iter(codes)
-        return [self._job(d, bool(d.attempt) and next(started) == "c") for d in deliveries]
+        marks = [field for d in deliveries if d.attempt for field in (d.entry, d.attempt)]
+        if marks:  # per entry, the attempt of the run that starts (HSET: no script to run)
+            mark = partial(self._wire().send, "HSET", self.starts, *marks)
+            await _retrying(self.outage, self.settings.jobs_claim_idle, mark)
+        return [self._job(delivery) for delivery in deliveries]
 
-    def _job(self, delivery: Delivery, cancelled: bool) -> Job | Exception:
-        """The job its reader gets, or why it fails: it was cancelled after it was fetched,
-        its earlier runs used every attempt, or the entry is not a job (`MalformedJob`: a
-        failure for good, whatever the payload)."""
-        if cancelled:
-            self.not_started.add(delivery.entry)
-            return JobCancelled(f"job {delivery.job_id} was cancelled before it started")
+    def _job(self, delivery: Delivery) -> Job | Exception:
+        """The job its reader gets, or why it fails: its earlier runs used every attempt, or
+        the entry is not a job (`MalformedJob`: a failure for good, whatever the payload)."""
         if delivery.attempt == 0:
             return JobFailed(
                 f"job {delivery.job_id}: the workers of its earlier runs stopped without an "
@@ -132,9 +123,6 @@ class JobsSession(Session):
         for index, (item, error) in enumerate(done):
             delivery = Delivery._make(item)
             if delivery.attempt == 0:  # moved to the dead letters when fetched
-                continue
-            if delivery.entry in self.not_started:  # cancelled: dropped by `begin`
-                self.not_started.discard(delivery.entry)
                 continue
             if error is None:
                 succeeded.append((index, delivery))
@@ -204,7 +192,6 @@ class JobsSession(Session):
             1: "put back for another attempt",
             2: "moved to the dead letters",
             3: f"not put back: {GONE}",
-            4: "not put back: it was cancelled",
         }[outcome]
         return JobFailed(f"attempt {attempt} of {settings.jobs_max_attempts}: {error}; {fate}")
 

@@ -8,8 +8,9 @@
 -- counts no attempt: starting a job does. Each job comes with the attempt its next run is (the
 -- entry's first attempt plus the runs of it that started); a job whose runs that started used
 -- every attempt (their workers died) goes to the dead letters here and comes with attempt 0,
--- so that it still ends as a failed item. An entry cancelled after it was fetched (cancel.lua)
--- is dropped here, unstarted, if its instance left it to be claimed.
+-- so that it still ends as a failed item. A pending entry that is gone from the stream (deleted
+-- by hand, or lost with a Redis restart: cancel.lua deletes none that is pending) comes back
+-- from XREADGROUP without fields: it is acknowledged and skipped.
 -- Runs after helpers.lua (scripts.py joins them).
 local s, t, d, z, g, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
 local n, mode, cursor = tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -19,11 +20,6 @@ local nextdue = move_due(s, z, d, maxlen)
 local function deliver(e, deliveries, fresh)
   local id = e[1]
   if not e[2] then redis.call('XACK', s, g, id); redis.call('HDEL', t, id); return end
-  if not fresh and is_cancelled(s, id) then  -- its instance did not drop it: stopped, or died
-    redis.call('XACK', s, g, id)
-    drop(s, t, id)
-    return
-  end
   local m = fieldmap(e[2])
   local attempt = attempt_of(m)
   if not fresh then attempt = next_attempt(t, id, m) end  -- runs of it may have started

@@ -11,23 +11,12 @@ end
 -- Jobs' status (`Jobs.status`) is kept in keys named after the stream `s`, all under its name
 -- (as an ACL pattern `~<stream>*` wants): `<s>:outcome:<job>` holds a finished job's outcome as
 -- JSON for the status ttl; the hash `<s>:current` maps a job whose stream entry is not its id
--- (retried, replayed, scheduled) to that entry, or to `due:<ms>` while it is scheduled; the
--- hash `<s>:cancelled` marks the entries cancelled after an instance fetched them, until that
--- instance (or one that claims them) drops them unstarted.
+-- (retried, replayed, scheduled) to that entry, or to `due:<ms>` while it is scheduled.
 local function ended(s, ttl, job, fields)
   local now = redis.call('TIME')
   fields['at'] = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   redis.call('SET', s .. ':outcome:' .. job, cjson.encode(fields), 'EX', ttl)
   redis.call('HDEL', s .. ':current', job)
-end
-local function is_cancelled(s, id)
-  return redis.call('HEXISTS', s .. ':cancelled', id) == 1
-end
--- Drop entry `id`, cancelled after it was fetched (its callers acknowledged it): it never runs.
-local function drop(s, t, id)
-  redis.call('XDEL', s, id)
-  redis.call('HDEL', t, id)
-  redis.call('HDEL', s .. ':cancelled', id)
 end
 local function bury(d, maxlen, id, m, attempts, err, c, s, ttl)
   local a = {d, 'MAXLEN', '~', maxlen, '*', 'job', m['job'] or id, 'payload', m['payload'] or '',
@@ -77,9 +66,9 @@ local function next_attempt(t, id, m)
   return attempt_of(m)
 end
 -- Put entry `id` back for its next attempt (the runs that started count), or bury it (1 or
--- 2); drop it if it was cancelled (4). `ttl`: the status ttl.
+-- 2). `ttl`: the status ttl. Put back, it is a new entry that no consumer holds: waiting, and
+-- cancellable (cancel.lua).
 local function back(s, d, t, maxlen, id, m, err, c, maxa, ttl)
-  if is_cancelled(s, id) then drop(s, t, id); return 4 end
   local nexta = next_attempt(t, id, m)
   redis.call('HDEL', t, id)
   if nexta > maxa then

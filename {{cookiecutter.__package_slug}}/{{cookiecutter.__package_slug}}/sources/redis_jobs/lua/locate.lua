@@ -34,7 +34,6 @@ local function locate(s, t, g, job)
   if last then
     local p = redis.call('XPENDING', s, g, entry, entry, 1)[1]
     if p then
-      if is_cancelled(s, entry) then return {state = 'cancelled'} end  -- its outcome expired
       local started = tonumber(redis.call('HGET', t, entry) or '0') or 0
       if started > 0 then
         return {state = 'running', entry = entry, attempt = started, consumer = p[2]}

@@ -1,7 +1,7 @@
 -- KEYS: stream, dead, starts. ARGV: group, consumer, count, error, max attempts, dead maxlen,
 -- status ttl. Puts back up to `count` jobs this consumer still holds once all its items were
--- settled: fetched and never started (no attempt counted; dropped if cancelled), or lost with
--- their worker (one counted).
+-- settled: fetched and never started (no attempt counted), or lost with their worker (one
+-- counted).
 -- Returns how many it handled.
 -- Runs after helpers.lua (scripts.py joins them).
 local s, d, t, g, c = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
