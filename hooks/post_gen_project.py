@@ -52,6 +52,7 @@ FEATURE_FILES = {
         "tests/test_jobs_crashes.py",
         "tests/test_jobs_tls.py",
         "tests/test_jobs_recurring.py",
+        "tests/test_jobs_status.py",
         "tests/jobs_instance.py",
         "tests/jobs_support.py",
         "tests/servers.py",

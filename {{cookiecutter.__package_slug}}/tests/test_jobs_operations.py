@@ -102,7 +102,13 @@ def test_commands_name_the_url_when_redis_is_down(stream: str) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     env = {key: value for key, value in os.environ.items() if not key.startswith(prefix)}
     env |= {"PYTHONPATH": str(PROJECT), f"{prefix}JOBS_REDIS_URL": url}
-    for args in (["submit", "1"], ["stats"], ["dead", "list"]):
+    for args in (
+        ["submit", "1"],
+        ["stats"],
+        ["dead", "list"],
+        ["status", "1-0"],
+        ["cancel", "1-0"],
+    ):
         command = [sys.executable, "-m", "{{ cookiecutter.__package_slug }}.qq", *args]
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
         assert result.returncode == 2, (args, result.stderr)

@@ -279,11 +279,17 @@ async def test_an_acl_user_limited_to_the_projects_keys_runs_every_command(
 ) -> None:
     server, stream = acl_server
     env = tls_env(server.port, stream, certs, jobs_username=USER, jobs_password=PASSWORD)
-    ok(qq(env, "submit", '{"n": 1}', '{"n": 2}'))
+    first, second = ok(qq(env, "submit", '{"n": 1}', '{"n": 2}')).split()
     assert ok(qq(env, "submit", "--key", "k", '{"n": 3}')).strip() != ""
     assert "already submitted" in ok(qq(env, "submit", "--key", "k", '{"n": 3}'))
     ok(qq(env, "submit", "--delay", "0", '{"n": 4}'))  # scheduled, due now
     assert json.loads(ok(qq(env, "stats")))["scheduled"] == 1
+    # Status and cancel: a waiting job and a scheduled one, cancelled before the worker runs.
+    [waiting] = ok(qq(env, "submit", '{"n": 5}')).split()
+    assert ok(qq(env, "status", waiting)) == f"{waiting}: waiting (attempt 1)\n"
+    assert ok(qq(env, "cancel", waiting)) == f"{waiting}: cancelled\n"
+    [later] = ok(qq(env, "submit", "--delay", "3600", '{"n": 6}')).split()
+    assert ok(qq(env, "cancel", later)) == f"{later}: cancelled\n"
 
     # The worker, its failures, retries and lease renewals, in this process with the same user.
     settings = tls_settings(server.port, stream, certs, jobs_username=USER, jobs_password=PASSWORD)
@@ -301,8 +307,11 @@ async def test_an_acl_user_limited_to_the_projects_keys_runs_every_command(
     with admin(server, certs) as client:  # renewals and claims ran (as this user: no other)
         ran = client.info("commandstats")
     assert {"cmdstat_xclaim", "cmdstat_xautoclaim", "cmdstat_hset"} <= set(ran)
+    assert ok(qq(env, "status", first)).startswith(f"{first}: succeeded (attempt 1)")
+    assert ok(qq(env, "status", second)).startswith(f"{second}: failed after 1 attempt(s)")
     [letter] = [json.loads(line) for line in ok(qq(env, "dead", "list")).splitlines()]
     assert ok(qq(env, "dead", "replay", letter["id"])).strip() == "replayed 1"
+    assert ok(qq(env, "status", second)) == f"{second}: waiting (attempt 1)\n"
     assert drained(env) == (1, 0)
     with Jobs(settings) as jobs:  # as the worker buries one
         jobs.client.xadd(jobs.dead, {"job": "j0", "payload": "{}", "attempts": 3, "error": "e"})

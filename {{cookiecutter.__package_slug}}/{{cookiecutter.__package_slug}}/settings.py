@@ -152,6 +152,8 @@ class Settings(WorkerSettings):
     jobs_dead_maxlen: int = Field(default=100_000, ge=1)
     # Seconds a submit key is remembered: the same key is not added again within this time.
     jobs_key_ttl: int = Field(default=86_400, ge=1)
+    # Seconds a job's outcome (succeeded, failed, cancelled) is kept for `qq status`.
+    jobs_status_ttl: int = Field(default=86_400, ge=1)
 {%- endif %}
 {%- if cookiecutter.include_aiocache or cookiecutter.include_redis_jobs %}
 

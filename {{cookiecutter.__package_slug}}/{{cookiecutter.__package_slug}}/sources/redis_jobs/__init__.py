@@ -2,6 +2,9 @@
 
 - `submit(payload, key=None)` / `submit_many(payloads)` (or a `Jobs` client) add JSON jobs to
   the project's stream from any program; `qq submit '<json>'` from a shell.
+- `Jobs.status(id)` / `qq status ID` tell where a job is (scheduled, waiting, running) or how
+  it ended, for JOBS_STATUS_TTL seconds; `Jobs.cancel(id)` / `qq cancel ID` cancel one that no
+  instance has fetched.
 - `RedisJobs(settings)` is the `Source` that reads the stream through a consumer group: pass it
   as `Worker(..., source=RedisJobs(settings))`. Each job goes to one consumer (one per worker
   instance); jobs left pending by an instance that died are claimed after `JOBS_CLAIM_IDLE`
@@ -31,8 +34,10 @@ connects with), `model.py` (jobs and entries), `every.py` (recurring schedules) 
 from .client import (
     Jobs,
     acked_name,
+    current_name,
     dead_name,
     every_name,
+    outcome_name,
     scheduled_name,
     starts_name,
     stream_name,
@@ -44,16 +49,32 @@ from .commands import JobsCli
 from .connection import connect, connect_async
 from .every import Every, ScheduleError
 from .feed import RedisJobs
-from .model import Delivery, Job, JobFailed, JobLost, JobsError, JobStats, MalformedJob
+from .model import (
+    Cancellation,
+    CancelResult,
+    Delivery,
+    Job,
+    JobFailed,
+    JobLost,
+    JobsError,
+    JobState,
+    JobStats,
+    JobStatus,
+    MalformedJob,
+)
 from .session import JobsSession
 
 __all__ = [
+    "CancelResult",
+    "Cancellation",
     "Delivery",
     "Every",
     "Job",
     "JobFailed",
     "JobLost",
+    "JobState",
     "JobStats",
+    "JobStatus",
     "Jobs",
     "JobsCli",
     "JobsError",
@@ -64,8 +85,10 @@ __all__ = [
     "acked_name",
     "connect",
     "connect_async",
+    "current_name",
     "dead_name",
     "every_name",
+    "outcome_name",
     "scheduled_name",
     "starts_name",
     "stream_name",

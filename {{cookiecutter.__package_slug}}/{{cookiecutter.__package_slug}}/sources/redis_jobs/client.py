@@ -1,5 +1,6 @@
-"""Key names and the blocking client of the jobs stream: submit jobs, read counts and dead
-letters (`Jobs`, `submit`, `submit_many`), from any program (`connection.py` connects)."""
+"""Key names and the blocking client of the jobs stream: submit jobs, ask a job's status or
+cancel it, read counts and dead letters (`Jobs`, `submit`, `submit_many`), from any program
+(`connection.py` connects)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
@@ -22,10 +23,30 @@ from ...worker.dead_letters import DeadLetter
 from ...worker.texts import shorten
 from . import scripts
 from .connection import connect
-from .model import JobsError, JobStats, as_number, as_text, is_text, shown
+from .model import (
+    Cancellation,
+    CancelResult,
+    JobsError,
+    JobStats,
+    JobStatus,
+    as_number,
+    as_text,
+    is_text,
+    ms_time,
+    shown,
+)
 
 CHUNK = 1000  # jobs per pipeline or script call
 ENTRY_ID = re.compile(r"\d+-\d+")
+JOB_ID = re.compile(r"\d+-\d+|[0-9a-f]{32}")  # a stream entry's, or a scheduled job's
+CANCELS = {  # cancel.lua's answers
+    "cancelled": CancelResult.CANCELLED,
+    "already": CancelResult.ALREADY_CANCELLED,
+    "fetched": CancelResult.FETCHED,
+    "running": CancelResult.RUNNING,
+    "finished": CancelResult.FINISHED,
+    "unknown": CancelResult.UNKNOWN,
+}
 
 
 # ---- names -----------------------------------------------------------------------------------
@@ -66,6 +87,18 @@ def every_name(stream: str) -> str:
     return f"{stream}:every"
 
 
+# The keys of jobs' status, named after the stream in the Lua scripts too (lua/helpers.lua).
+def current_name(stream: str) -> str:
+    """The hash of the jobs whose stream entry is not their id (retried, replayed, scheduled):
+    job id to its entry now, or `due:<ms>` while it is scheduled."""
+    return f"{stream}:current"
+
+
+def outcome_name(stream: str, job_id: str) -> str:
+    """The key that keeps a finished job's outcome (JSON) for JOBS_STATUS_TTL seconds."""
+    return f"{stream}:outcome:{job_id}"
+
+
 def _key_name(stream: str, key: str) -> str:
     return f"{stream}:key:{key}"
 
@@ -78,6 +111,15 @@ def _check_entry_ids(ids: Sequence[str]) -> None:
                 f"dead-letter id {entry!r} is not a stream entry id like 1700000000000-0 "
                 "(`dead list` shows them)"
             )
+
+
+def _check_job_id(job_id: str) -> None:
+    """Raise JobsError unless `job_id` has the form of the ids `submit` returns."""
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise JobsError(
+            f"job id {job_id!r} is not a job id: `submit` prints them (a stream entry id like "
+            "1700000000000-0, or 32 hex digits for a scheduled job)"
+        )
 
 
 def default_consumer() -> str:
@@ -112,8 +154,7 @@ def _due(delay: float | None, at: datetime | None) -> tuple[int, int] | None:
 
 def _entry_time(entry: str) -> str:
     """When a stream entry was added (its id's milliseconds), ISO 8601 in UTC."""
-    moment = datetime.fromtimestamp(int(entry.partition("-")[0]) / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds")
+    return ms_time(int(entry.partition("-")[0]))
 
 
 def _check_key(key: str | None) -> None:
@@ -125,18 +166,22 @@ def _check_key(key: str | None) -> None:
 
 # ---- submitting ------------------------------------------------------------------------------
 class Jobs:
-    """A blocking client of the job stream: submit jobs, read counts and dead letters."""
+    """A blocking client of the job stream: submit jobs, ask their status or cancel them,
+    read counts and dead letters."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
         self.stream = stream_name(self.settings)
         self.dead = dead_name(self.stream)
         self.scheduled = scheduled_name(self.stream)
+        self.current = current_name(self.stream)
         self.client = connect(self.settings)
         self._entries = connect(self.settings, decode=False)  # entries: any bytes (see _text)
         self._keyed = self.client.register_script(scripts.SUBMIT_KEYED)
         self._schedule = self.client.register_script(scripts.SCHEDULE)
         self._replay = self.client.register_script(scripts.REPLAY)
+        self._status = self._entries.register_script(scripts.STATUS)
+        self._cancel = self._entries.register_script(scripts.CANCEL)
 
     def __repr__(self) -> str:
         return f"Jobs(url={self.settings.jobs_redis_url!r}, stream={self.stream!r})"
@@ -202,7 +247,7 @@ class Jobs:
                         fields["traceparent"] = traceparent
                     member = json.dumps(fields)
                     args: list[str | int] = [job_id, member, *due, ttl]
-                    targets = [self.scheduled, wake_name(self.stream), *marker]
+                    targets = [self.scheduled, wake_name(self.stream), self.current, *marker]
                     self._schedule(keys=targets, args=args, client=pipe)
                 elif key is None:
                     pipe.xadd(
@@ -222,6 +267,28 @@ class Jobs:
                 else:
                     ids.append(cast(str, result))
         return ids
+
+    def status(self, job_id: str) -> JobStatus:
+        """Where job `job_id` (as `submit` returned it) is now: scheduled, waiting, running,
+        or, for JOBS_STATUS_TTL seconds after it ended, succeeded, failed or cancelled; else
+        unknown. One script call: a consistent view. Raises JobsError for a malformed id."""
+        _check_job_id(job_id)
+        keys = [self.stream, starts_name(self.stream)]
+        reply = self._status(keys=keys, args=[self.settings.jobs_group, job_id])
+        return JobStatus.from_script(job_id, json.loads(as_text(reply)))
+
+    def cancel(self, job_id: str) -> Cancellation:
+        """Cancel job `job_id` if no instance holds it: a scheduled job, or a waiting one no
+        instance fetched, never runs, and its status is `cancelled`. One atomic script: of two
+        callers at once, one gets CANCELLED and the other ALREADY_CANCELLED. A job an instance
+        fetched is about to start and runs (FETCHED); a running one is not interrupted
+        (RUNNING): both name the consumer. A finished one says so (FINISHED). Raises JobsError
+        for a malformed id."""
+        _check_job_id(job_id)
+        keys = [self.stream, starts_name(self.stream), self.scheduled]
+        args: list[str | int] = [self.settings.jobs_group, job_id, self.settings.jobs_status_ttl]
+        answer, *holder = [as_text(part) for part in self._cancel(keys=keys, args=args)]
+        return Cancellation(CANCELS[answer], *holder)
 
     def stats(self) -> JobStats:
         """How many jobs wait, are pending with a consumer, and are dead letters."""

@@ -321,6 +321,7 @@ class RedisJobs(Source):
                     self.lost.pop(entry, STOPPED),
                     self.settings.jobs_max_attempts,
                     self.settings.jobs_dead_maxlen,
+                    self.settings.jobs_status_ttl,
                 ],
                 client=client,
             )
@@ -348,6 +349,7 @@ class RedisJobs(Source):
                                 STOPPED,
                                 self.settings.jobs_max_attempts,
                                 self.settings.jobs_dead_maxlen,
+                                self.settings.jobs_status_ttl,
                             ],
                             client=self._client,
                         )
@@ -389,6 +391,7 @@ class RedisJobs(Source):
                 self.settings.jobs_max_attempts,
                 self.settings.jobs_dead_maxlen,
                 STOPPED,
+                self.settings.jobs_status_ttl,
             ],
             client=self._entries,
         )
@@ -479,7 +482,8 @@ class RedisJobs(Source):
         return JobsSession(self.settings, self.consumer, record_acks=self.record_acks)
 
     def cli(self) -> JobsCli:
-        """`submit`, `stats` and `dead` (list, replay, purge), and the health check."""
+        """`submit`, `status`, `cancel`, `stats` and `dead` (list, replay, purge), and the
+        health check."""
         return JobsCli(self.settings, self.stream, self.schedules)
 
     async def gauges(self) -> Mapping[str, float | LabeledGauges]:

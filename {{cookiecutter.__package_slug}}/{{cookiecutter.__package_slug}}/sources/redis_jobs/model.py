@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from ...worker import Permanent
@@ -75,6 +77,78 @@ class JobStats:
     pending: int
     dead: int
     scheduled: int = 0
+
+
+class JobState(StrEnum):
+    """Where a job is (`Jobs.status`)."""
+
+    SCHEDULED = "scheduled"  # submitted with a delay or a time: not due yet
+    WAITING = "waiting"  # in the stream, not started (an instance may have fetched it)
+    RUNNING = "running"  # a run of it started and has no outcome yet
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # moved to the dead letters
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"  # never submitted here, or ended over JOBS_STATUS_TTL ago
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state, and what is known with it: `attempt` (running: this run; waiting: the
+    next run; succeeded: the run that did; failed: the runs that started), the stream `entry`
+    that holds it now (a retry or a replay makes a new one; the job id stays), the `consumer`
+    (instance) that fetched it, when it is `due` (scheduled) or `ended` (ISO 8601, UTC), and for
+    a failed job its `error` and its `dead_letter` id (for `qq dead replay`)."""
+
+    id: str
+    state: JobState
+    attempt: int | None = None
+    entry: str | None = None
+    consumer: str | None = None
+    due: str | None = None
+    ended: str | None = None
+    error: str | None = None
+    dead_letter: str | None = None
+
+    @classmethod
+    def from_script(cls, job_id: str, where: dict[str, Any]) -> JobStatus:
+        """The status from what `locate.lua` returns (JSON decoded)."""
+        return cls(
+            job_id,
+            JobState(where["state"]),
+            where.get("attempt"),
+            where.get("entry"),
+            where.get("consumer"),
+            ms_time(where["due"]) if "due" in where else None,
+            ms_time(where["at"]) if "at" in where else None,
+            where.get("error"),
+            where.get("dead"),
+        )
+
+
+class CancelResult(StrEnum):
+    """What `Jobs.cancel` did: only CANCELLED means this call cancelled the job."""
+
+    CANCELLED = "cancelled"
+    ALREADY_CANCELLED = "already cancelled"
+    FETCHED = "fetched, about to start: not cancelled"  # an instance holds it: it runs
+    RUNNING = "running, not cancelled"  # a run started: it is not interrupted
+    FINISHED = "finished, not cancelled"  # it succeeded or failed
+    UNKNOWN = "unknown, not cancelled"  # not submitted here, or ended over JOBS_STATUS_TTL ago
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """`Jobs.cancel`'s answer: its `result`, and for a job an instance holds (FETCHED or
+    RUNNING) the `consumer` that does."""
+
+    result: CancelResult
+    consumer: str | None = None
+
+
+def ms_time(ms: int) -> str:
+    """A time in milliseconds since the epoch (Redis' clock), ISO 8601 in UTC."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def as_text(raw: bytes) -> str:

@@ -16,6 +16,7 @@ def _read(name: str) -> str:
 
 
 HELPERS = _read("helpers")
+LOCATE = HELPERS + _read("locate")
 FETCH = HELPERS + _read("fetch")
 ACK = _read("ack")
 SETTLE = HELPERS + _read("settle")
@@ -25,6 +26,8 @@ SUBMIT_KEYED = _read("submit_keyed")
 SCHEDULE = _read("schedule")
 REPLAY = HELPERS + _read("replay")
 EVERY = _read("every")
+STATUS = LOCATE + _read("status")
+CANCEL = LOCATE + _read("cancel")
 
 
 @cache

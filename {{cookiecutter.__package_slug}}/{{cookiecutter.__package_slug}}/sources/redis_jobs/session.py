@@ -78,7 +78,9 @@ class JobsSession(Session):
         The starts are written to Redis before the readers run, without waiting for the
         reply: a worker that dies after this still counts the attempts (the bytes are on
         their way), and the process's commands reach Redis in order, so a job's
-        acknowledgement or settlement comes after its start mark.
+        acknowledgement or settlement comes after its start mark. The mark is also what
+        `Jobs.status` calls running; `Jobs.cancel` leaves a fetched job alone, so nothing
+        has to be asked before a start.
         """
         deliveries = [Delivery._make(item) for item in items]
         marks = [field for d in deliveries if d.attempt for field in (d.entry, d.attempt)]
@@ -143,14 +145,21 @@ class JobsSession(Session):
         return results
 
     async def acknowledge(self, deliveries: Sequence[Delivery]) -> list[str]:
-        """Acknowledge jobs in one call: per job, "acked" (now), "not held" (acknowledged
-        before, or held by a consumer that claimed it) or "gone" (its entry left the stream)."""
+        """Acknowledge jobs in one call: per job, "acked" (now: its status is succeeded), "not
+        held" (acknowledged before, or held by a consumer that claimed it) or "gone" (its entry
+        left the stream)."""
         settings = self.settings
         record = "1" if self.record_acks else "0"
         keys = [self.stream, self.starts, acked_name(self.stream)]
-        args: list[Any] = [settings.jobs_group, self.consumer, record, settings.jobs_dead_maxlen]
+        args: list[Any] = [
+            settings.jobs_group,
+            self.consumer,
+            record,
+            settings.jobs_dead_maxlen,
+            settings.jobs_status_ttl,
+        ]
         for d in deliveries:
-            args += (d.entry, d.deliveries, d.job_id)
+            args += (d.entry, d.deliveries, d.job_id, d.attempt)
         call = partial(self._wire().script, scripts.ACK, keys, args)
         codes = await _retrying(self.outage, settings.jobs_claim_idle, call)
         return [ACKED[code] for code in codes]
@@ -173,6 +182,7 @@ class JobsSession(Session):
             error,
             max_attempts,
             settings.jobs_dead_maxlen,
+            settings.jobs_status_ttl,
         ]
         keys = [self.stream, self.dead, self.starts]
         call = partial(self._wire().script, scripts.SETTLE, keys, args)

@@ -1,5 +1,6 @@
 -- KEYS: stream, starts, dead, scheduled. ARGV: group, consumer, count, mode
--- (history|claim|new), cursor, min idle ms, max attempts, dead maxlen, dead-letter error.
+-- (history|claim|new), cursor, min idle ms, max attempts, dead maxlen, dead-letter error,
+-- status ttl.
 -- First moves the scheduled jobs that are due into the stream (in this one script, so each
 -- moves once however many instances fetch). Returns JSON [cursor, jobs, ms until the next
 -- scheduled job is due or -1]: one bulk string is parsed much faster than nested replies by
@@ -7,7 +8,9 @@
 -- counts no attempt: starting a job does. Each job comes with the attempt its next run is (the
 -- entry's first attempt plus the runs of it that started); a job whose runs that started used
 -- every attempt (their workers died) goes to the dead letters here and comes with attempt 0,
--- so that it still ends as a failed item.
+-- so that it still ends as a failed item. A pending entry that is gone from the stream (deleted
+-- by hand, or lost with a Redis restart: cancel.lua deletes none that is pending) comes back
+-- from XREADGROUP without fields: it is acknowledged and skipped.
 -- Runs after helpers.lua (scripts.py joins them).
 local s, t, d, z, g, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
 local n, mode, cursor = tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -22,7 +25,7 @@ local function deliver(e, deliveries, fresh)
   if not fresh then attempt = next_attempt(t, id, m) end  -- runs of it may have started
   if attempt > maxa then
     bury(d, maxlen, id, m, attempt - 1, ARGV[9] .. ' (attempt ' .. (attempt - 1) .. ' of ' ..
-         maxa .. ')' .. (m['error'] and ('; earlier: ' .. m['error']) or ''), c)
+         maxa .. ')' .. (m['error'] and ('; earlier: ' .. m['error']) or ''), c, s, ARGV[10])
     redis.call('XACK', s, g, id)
     redis.call('HDEL', t, id)
     attempt = 0

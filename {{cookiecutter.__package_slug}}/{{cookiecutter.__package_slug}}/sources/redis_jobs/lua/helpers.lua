@@ -8,12 +8,23 @@ local function holds(s, g, c, id, deliveries)
   local p = redis.call('XPENDING', s, g, id, id, 1)[1]
   return p ~= nil and p[2] == c and p[4] == tonumber(deliveries)
 end
-local function bury(d, maxlen, id, m, attempts, err, c)
+-- Jobs' status (`Jobs.status`) is kept in keys named after the stream `s`, all under its name
+-- (as an ACL pattern `~<stream>*` wants): `<s>:outcome:<job>` holds a finished job's outcome as
+-- JSON for the status ttl; the hash `<s>:current` maps a job whose stream entry is not its id
+-- (retried, replayed, scheduled) to that entry, or to `due:<ms>` while it is scheduled.
+local function ended(s, ttl, job, fields)
+  local now = redis.call('TIME')
+  fields['at'] = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('SET', s .. ':outcome:' .. job, cjson.encode(fields), 'EX', ttl)
+  redis.call('HDEL', s .. ':current', job)
+end
+local function bury(d, maxlen, id, m, attempts, err, c, s, ttl)
   local a = {d, 'MAXLEN', '~', maxlen, '*', 'job', m['job'] or id, 'payload', m['payload'] or '',
              'attempts', attempts, 'error', err, 'consumer', c}
   if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
   if m['traceparent'] then a[#a + 1] = 'traceparent'; a[#a + 1] = m['traceparent'] end
-  redis.call('XADD', unpack(a))
+  local dead = redis.call('XADD', unpack(a))
+  ended(s, ttl, m['job'] or id, {state = 'failed', attempt = attempts, error = err, dead = dead})
 end
 -- An entry's attempt field as a whole number from 1 (a missing or foreign value counts as 1).
 local function attempt_of(m)
@@ -36,7 +47,7 @@ local function move_due(s, z, d, maxlen)
       if type(j['traceparent']) == 'string' then
         a[#a + 1] = 'traceparent'; a[#a + 1] = j['traceparent']
       end
-      redis.call('XADD', unpack(a))
+      redis.call('HSET', s .. ':current', j['job'], redis.call('XADD', unpack(a)))
     else
       redis.call('XADD', d, 'MAXLEN', '~', maxlen, '*', 'job', 'scheduled', 'payload', member,
                  'attempts', 0, 'error', 'not a scheduled job (written by another program?)')
@@ -54,18 +65,20 @@ local function next_attempt(t, id, m)
   if started > 0 then return started + 1 end
   return attempt_of(m)
 end
--- Put entry `id` back for its next attempt (the runs that started count), or bury it.
-local function back(s, d, t, maxlen, id, m, err, c, maxa)
+-- Put entry `id` back for its next attempt (the runs that started count), or bury it (1 or
+-- 2). `ttl`: the status ttl. Put back, it is a new entry that no consumer holds: waiting, and
+-- cancellable (cancel.lua).
+local function back(s, d, t, maxlen, id, m, err, c, maxa, ttl)
   local nexta = next_attempt(t, id, m)
   redis.call('HDEL', t, id)
   if nexta > maxa then
-    bury(d, maxlen, id, m, nexta - 1, err, c)
+    bury(d, maxlen, id, m, nexta - 1, err, c, s, ttl)
     return 2
   end
   local a = {s, '*', 'job', m['job'] or id, 'payload', m['payload'] or '', 'attempt', nexta}
   if m['key'] then a[#a + 1] = 'key'; a[#a + 1] = m['key'] end
   if m['traceparent'] then a[#a + 1] = 'traceparent'; a[#a + 1] = m['traceparent'] end
   if err ~= '' then a[#a + 1] = 'error'; a[#a + 1] = err end
-  redis.call('XADD', unpack(a))
+  redis.call('HSET', s .. ':current', m['job'] or id, redis.call('XADD', unpack(a)))
   return 1
 end
