@@ -235,6 +235,21 @@ def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
+class Targets:
+    """The targets judged in this run: each printed with its verdict, then the count met."""
+
+    def __init__(self) -> None:
+        self.met = self.judged = 0
+
+    def judge(self, line: str, ok: bool) -> None:
+        self.judged += 1
+        self.met += ok
+        print(f"{line} [{'ok' if ok else 'MISS'}]")
+
+    def __str__(self) -> str:
+        return f"{self.met} of {self.judged} targets met"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -254,7 +269,7 @@ def main() -> int:
         print("redis-server is not installed: jobs/s not measured", file=sys.stderr)
         return 1 if os.environ.get("CI") == "true" else 0
     runs = itertools.count()
-    met = judged = 0
+    targets = Targets()
     with tempfile.TemporaryDirectory() as directory:
         server, port = start_redis(directory)
         try:
@@ -292,27 +307,23 @@ def main() -> int:
                 for (name, runner), least in VS_NO_OP.items():
                     if name == work.name and runner in no_op:
                         ratio = rates[runner] / no_op[runner]
-                        judged += 1
-                        met += ratio >= least
-                        verdict = "ok" if ratio >= least else "MISS"
-                        print(
+                        targets.judge(
                             f"{'':<23}target: {runner} {ratio:.2f}x its no-op row "
-                            f"(>= {least:.2f}x) [{verdict}]"
+                            f"(>= {least:.2f}x)",
+                            ratio >= least,
                         )
                 if work.cpu_ms and not work.wait_ms:
                     least = 0.85 * (os.cpu_count() or 1) * 1000 / work.cpu_ms
                     rate = rates["redis, 1 instance"]
-                    judged += 1
-                    met += rate >= least
-                    verdict = "ok" if rate >= least else "MISS"
-                    print(
+                    targets.judge(
                         f"{'':<23}target: redis, 1 instance {rate:.0f} jobs/s (>= 85% of "
-                        f"{os.cpu_count()} cores: {least:.0f}) [{verdict}]"
+                        f"{os.cpu_count()} cores: {least:.0f})",
+                        rate >= least,
                     )
                 scale = rates["redis, 2 instances"] / rates["redis, 1 instance"]
                 print(f"{'':<23}2 instances / 1 instance: {scale:.2f}x (not judged, one machine)")
             if args.only:
-                print(f"{met} of {judged} targets met")
+                print(targets)
                 return 0
             rate = bench_submit(20_000, port)
             print(f"submit_many: {rate:.0f} jobs/s")
@@ -320,13 +331,12 @@ def main() -> int:
             latencies = sorted(bench_pickup(count, port))
             median = statistics.median(latencies) * 1000
             p90 = latencies[int(0.9 * (len(latencies) - 1))] * 1000
-            judged += 1
-            met += median < 50
-            print(
+            targets.judge(
                 f"pick-up by an idle instance, {count} jobs: median {median:.1f} ms, "
-                f"p90 {p90:.1f} ms (median < 50 ms) [{'ok' if median < 50 else 'MISS'}]"
+                f"p90 {p90:.1f} ms (median < 50 ms)",
+                median < 50,
             )
-            print(f"{met} of {judged} targets met")
+            print(targets)
         finally:
             server.kill()
             server.wait(10)

@@ -249,10 +249,20 @@ class _WorkerProcess(asyncio.Protocol):
             item = self._unpickle(frame)
             if item is _UNREADABLE:
                 continue
-            info = _describe(self.plan.source, item)
-            task = loop.create_task(self._read_item(frame, item, item, started, info))
+            task = loop.create_task(self._read_item(frame, item, item, started, self._info(item)))
             self.tasks.add(task)
             task.add_done_callback(self._task_done)
+
+    def _info(self, item: Any) -> ItemInfo:
+        """What the source knows of `item`, when a span needs it (else asked only if the
+        item fails, for its log line)."""
+        return _NO_INFO if self.plan.tracing is None else _describe(self.plan.source, item)
+
+    def _label(self, info: ItemInfo, item: Any) -> str:
+        """How logs name an item: its id, as its source knows it, or its repr."""
+        if info is _NO_INFO:
+            info = _describe(self.plan.source, item)
+        return info.id if info.id is not None else shorten(item)
 
     def _free_slot(self) -> None:
         """An item left the reader: its slot goes to the next item waiting."""
@@ -329,10 +339,10 @@ class _WorkerProcess(asyncio.Protocol):
         given = await _per_item("begin", session.begin(items), len(items))
         loop = asyncio.get_running_loop()
         for (frame, item, started), what in zip(readable, given, strict=True):
-            info = _describe(self.plan.source, item)
+            info = self._info(item)
             if isinstance(what, BaseException):  # it fails; a commit step still sees it
                 refusal = Failure(error_text(what), permanent=isinstance(what, Permanent))
-                label = _label(info, item)
+                label = self._label(info, item)
                 self._after_reader(_Ended(frame.seq, item, 1, refusal, False, started, label))
                 self._free_slot()
                 continue
@@ -346,8 +356,8 @@ class _WorkerProcess(asyncio.Protocol):
         """Run the reader on `given` (what `begin` made of `item`), then commit or report."""
         holding = True  # this item holds one of the reader slots
         try:
-            attempts, failure, raised = await self._call_reader(given, frame, info)
-            label = _label(info, item) if failure is not None else ""
+            attempts, failure, raised = await self._call_reader(item, given, frame, info)
+            label = self._label(info, item) if failure is not None else ""
             timed_out = isinstance(raised, ReaderTimeout)
             ended = _Ended(frame.seq, item, attempts, failure, timed_out, started, label, raised)
             if self.session is not None:
@@ -365,10 +375,11 @@ class _WorkerProcess(asyncio.Protocol):
                 self._free_slot()
 
     async def _call_reader(
-        self, given: Any, frame: Frame, info: ItemInfo
+        self, item: Any, given: Any, frame: Frame, info: ItemInfo
     ) -> tuple[int, Failure | None, BaseException | None]:
-        """Run the reader on `given`, retrying as planned: (attempts made, final failure or
-        None, what it raised last or None). With tracing each try runs in its own span.
+        """Run the reader on `given` (what `begin` made of `item`), retrying as planned:
+        (attempts made, final failure or None, what it raised last or None). With tracing
+        each try runs in its own span.
 
         Whatever the reader raises, `BaseException`s included, ends as the item's failure: a
         `Permanent` error is not retried, a `RetryAfter` sets the wait before the next try.
@@ -406,7 +417,7 @@ class _WorkerProcess(asyncio.Protocol):
                     )
                     logger.warning(
                         "reader failed on %s (attempt %d of %d), retrying in %.2fs: %s",
-                        _label(info, given),
+                        self._label(info, item),
                         attempt,
                         plan.max_retries + 1,
                         delay,
@@ -446,7 +457,7 @@ class _WorkerProcess(asyncio.Protocol):
                 ended.failure is not None and ended.failure.permanent
             )
             failure = Failure(error_text(result), permanent=permanent)
-            label = ended.label or _label(_describe(self.plan.source, ended.item), ended.item)
+            label = ended.label or self._label(_NO_INFO, ended.item)
             self._report(ended._replace(label=label), failure)
 
     def _report(self, ended: _Ended, failure: Failure | None) -> None:
@@ -531,11 +542,6 @@ def _describe(source: Source, item: Any) -> ItemInfo:
         return source.describe(item)
     except Exception:
         return _NO_INFO
-
-
-def _label(info: ItemInfo, item: Any) -> str:
-    """How logs name an item: its id, as its source knows it, or its repr."""
-    return info.id if info.id is not None else shorten(item)
 
 
 class _nothing:
