@@ -75,6 +75,22 @@ def test_serve_says_in_one_line_what_it_serves_and_how(tmp_path: Path) -> None:
     ), first
 
 
+def test_drain_without_metrics_names_the_setting_that_turns_them_on(tmp_path: Path) -> None:
+    result = subprocess.run(
+        command(tmp_path),
+        cwd=PROJECT,
+        env=clean_env(LOG_LEVEL="INFO", METRICS_PORT="0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    assert first.endswith(
+        f"reader slots a process, adapting, no metrics ({PREFIX}METRICS_PORT is 0)"
+    )
+
+
 def test_no_progress_bar_in_a_pipe(tmp_path: Path) -> None:
     result = subprocess.run(
         command(tmp_path),
