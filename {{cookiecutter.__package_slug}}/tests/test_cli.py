@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import struct
@@ -89,6 +90,23 @@ def test_drain_without_metrics_names_the_setting_that_turns_them_on(tmp_path: Pa
     assert first.endswith(
         f"reader slots a process, adapting, no metrics ({PREFIX}METRICS_PORT is 0)"
     )
+
+
+def test_help_lists_each_command_on_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.__package_slug }}.qq", "--help"],
+        cwd=PROJECT,
+        env=clean_env() | {"COLUMNS": "200"},  # wide enough for any command's summary
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    panel = result.stdout.split("Commands")[1].split("╰")[0]
+    rows = [line for line in panel.splitlines()[1:] if line.startswith("│")]
+    assert rows, result.stdout
+    broken = [row for row in rows if not re.match(r"│ \w+ +\S", row)]
+    assert broken == [], result.stdout
 
 
 def test_no_progress_bar_in_a_pipe(tmp_path: Path) -> None:
