@@ -109,6 +109,53 @@ def test_help_lists_each_command_on_one_line() -> None:
     assert broken == [], result.stdout
 
 
+def test_each_command_says_what_its_arguments_are() -> None:
+    # Each argument in a command's usage line is named in the text above its panels (typer
+    # 0.25 under click 8.5 drops an argument's own help=, so the docstring must say it).
+    script = "\n".join(
+        [
+            "import sys",
+            "from {{ cookiecutter.__package_slug }}.qq import runner",
+            "for words in sys.argv[1:]:",
+            "    try:",
+            "        runner.cli([*words.split(), '--help'])",
+            "    except SystemExit:",
+            "        print('\\f', flush=True)",
+        ]
+    )
+
+    def helps(*commands: str) -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-c", script, *commands],
+            cwd=PROJECT,
+            env=clean_env() | {"COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("\f")[:-1]
+
+    def listed(text: str) -> list[str]:
+        return re.findall(r"^│ (\w+)\s", text.split("Commands")[-1], re.MULTILINE)
+
+    [top] = helps("")
+    named = listed(top)
+    texts = helps(*named)
+    groups = [name for name, text in zip(named, texts, strict=True) if "COMMAND" in text]
+    commands = [name for name in named if name not in groups]
+    for group, text in zip(groups, helps(*groups), strict=True):
+        commands += [f"{group} {name}" for name in listed(text)]
+    undescribed = []
+    for command, text in zip(commands, helps(*commands), strict=True):
+        usage, _, rest = text.partition("Usage: ")[2].partition("\n")
+        above = rest.split("╭")[0]
+        names = re.findall(r"[A-Z][A-Z_]+", usage.split("[OPTIONS]")[-1])
+        undescribed += [f"{command} {name}" for name in names if name not in above]
+    assert "serve" in commands
+    assert undescribed == []
+
+
 def test_no_progress_bar_in_a_pipe(tmp_path: Path) -> None:
     result = subprocess.run(
         command(tmp_path),
