@@ -242,7 +242,10 @@ def test_health_check_follows_the_metrics_server(tmp_path: Path) -> None:
 def test_a_bad_setting_is_one_line_naming_the_variable_and_the_rule() -> None:
     cases = {
         "NUM_PROCESSES": ("-1", f"{PREFIX}NUM_PROCESSES='-1': Input should be greater than"),
-        "LOG_LEVEL": ("verbose", f"{PREFIX}LOG_LEVEL='verbose': String should match pattern"),
+        "LOG_LEVEL": (
+            "verbose",
+            f"{PREFIX}LOG_LEVEL='verbose': Input should be DEBUG, INFO, WARNING, ERROR or CRITICAL",
+        ),
     }
     for name, (value, expected) in cases.items():
         result = subprocess.run(
