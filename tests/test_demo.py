@@ -27,7 +27,12 @@ def test_make_demo(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"summary +100 of 100 sample jobs succeeded, 0 failed", result.stdout)
-    assert (tmp_path / "demo" / "my_worker" / ".venv" / "bin" / "python").exists()
+    project = tmp_path / "demo" / "my_worker"
+    # The next steps it printed work from there: `make install` is done, `make test`'s tools
+    # are installed.
+    assert run(["make", "-q", "install"], cwd=project).returncode == 0
+    tools = ("python", "ruff", "mypy", "hadolint", "zizmor", "cruft")
+    assert [tool for tool in tools if not (project / ".venv" / "bin" / tool).exists()] == []
 
 
 def test_the_readme_renders_your_project_from_the_clone(tmp_path: Path) -> None:

@@ -41,3 +41,14 @@ def test_every_module_opens_with_a_docstring() -> None:
         if ast.get_docstring(ast.parse(text)) is None:
             missing.append(path.relative_to(PACKAGE).as_posix())
     assert missing == []
+
+
+def test_no_file_names_a_hook_the_runtime_does_not_have() -> None:
+    # QuasiQueue's on_success / on_failure / on_unstarted are `Source.settle` here.
+    gone = ("on_success", "on_failure", "on_unstarted")
+    named = []
+    for path in sorted(PACKAGE.rglob("*")):
+        if path.is_file() and path.suffix not in (".pyc", ".lua"):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            named += [f"{path.relative_to(PACKAGE)}: {hook}" for hook in gone if hook in text]
+    assert named == []

@@ -118,6 +118,8 @@ def test_configs_parse_and_carry_the_answers(baked: tuple[dict[str, Any], Path])
     readme = (project / "README.md").read_text()
     assert f"Cookiecutter template (version {defaults['__template_version']})" in readme
     slug = project.name
+    verb = "belong" if f"`{slug}/sources/`" in readme else "belongs"  # worker/ alone: one
+    assert f"` {verb} to the template" in readme
     assert pyproject["project"]["name"] == slug.replace("_", "-")
     package_doc = (project / slug / "__init__.py").read_text()
     namespace: dict[str, Any] = {}

@@ -1,5 +1,8 @@
 """`make demo`: render the default project, install it in its own venv, drain its sample jobs.
 
+It installs as the next steps it prints say (`make install` in the project: `.venv` with the
+dev tools), so `make install` and `make test` there work as written afterwards.
+
 Usage: python tools/demo.py [--output-dir build/demo]
 """
 
@@ -10,7 +13,6 @@ import json
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 from cookiecutter.main import cookiecutter
@@ -38,11 +40,9 @@ def main() -> int:
     print(f"rendered   {project}")
 
     environment = project / ".venv"
-    venv.create(environment, with_pip=True)
+    subprocess.run(["make", "install"], cwd=project, check=True, stdout=subprocess.DEVNULL)
     python = environment / "bin" / "python"
-    tested = ["--constraint", str(project / "constraints.txt")]  # the versions tested together
-    subprocess.run([python, "-m", "pip", "install", "--quiet", *tested, str(project)], check=True)
-    print(f"installed  {project.name} into {environment}")
+    print(f"installed  {project.name} and its dev tools into {environment} (make install)")
 
     package = project.name
     result = run([str(python), "-m", f"{package}.qq", "drain"], cwd=project)

@@ -636,7 +636,13 @@ def test_drain_exits_2_with_one_line_when_redis_is_unreachable_and_health_says_s
         assert out == ""
 
         metrics = free_port()
-        start("c", "serve", "--metrics-port", str(metrics))  # serving rides out the outage
+        serving = start("c", "serve", "--metrics-port", str(metrics))  # rides out the outage
+        assert serving.stderr is not None
+        warned = serving.stderr.readline()  # bounded by the test's timeout
+        assert (
+            f"Redis at {url} ({prefix}JOBS_REDIS_URL), consumer c: unreachable, retrying:"
+            " ConnectionError: "
+        ) in warned, warned
         health = [sys.executable, str(INSTANCE), str(port), stream, "c", str(journal.path)]
         health += ["health", "--metrics-port", str(metrics)]
 

@@ -170,9 +170,11 @@ class SpoolCli(SourceCli):
         root, max_attempts = self.root, self.max_attempts
 
         def submit(
-            records: list[str] = typer.Argument(..., help="Records (text); '-' reads lines."),  # noqa: B008
+            records: list[str] = typer.Argument(..., metavar="RECORD..."),  # noqa: B008
         ) -> None:
-            """Publish the records to the spool folder as one batch."""
+            """Publish the records to the spool folder as one batch.
+
+            Each RECORD is one record's text; '-' reads one record a line from stdin."""
             texts: list[str] = []
             for text in records:
                 texts += sys.stdin.read().splitlines() if text == "-" else [text]

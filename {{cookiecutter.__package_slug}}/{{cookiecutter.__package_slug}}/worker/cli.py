@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -63,7 +64,7 @@ def run_cli(worker: Worker, argv: Sequence[str] | None = None) -> None:
         if isinstance(command, typer.Typer):
             app.add_typer(command)
         else:
-            app.command()(command)
+            app.command(short_help=_summary(command))(command)
 
     configure_logging(worker.settings.log_level, worker.settings.log_format)
     args = list(sys.argv[1:] if argv is None else argv) or ["serve"]
@@ -95,3 +96,10 @@ def _exit_on_worker_error() -> Iterator[None]:
     except WorkerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _summary(command: Callable[..., None]) -> str | None:
+    """The first paragraph of `command`'s docstring on one line: `--help`'s list of commands
+    would otherwise keep its line breaks."""
+    doc = inspect.getdoc(command)
+    return " ".join(doc.split("\n\n")[0].split()) if doc else None

@@ -71,10 +71,12 @@ def dead_letter_commands(
 
     @app.command()
     def replay(
-        ids: list[str] | None = typer.Argument(None, help="Dead-letter ids (`dead list`)."),  # noqa: B008
+        ids: list[str] | None = typer.Argument(None, metavar="[ID]..."),  # noqa: B008
         everything: bool = typer.Option(False, "--all", help="Replay every dead letter."),
     ) -> None:
-        """Hand dead letters out again as new items (payload and key kept, attempts reset)."""
+        """Hand dead letters out again as new items (payload and key kept, attempts reset).
+
+        Each ID is a dead letter's id, as `dead list` prints it."""
         chosen = _choose(ids, everything, "replay", "--all")
         with letters() as opened:
             replayed = opened.dead_replay(chosen)
@@ -83,13 +85,15 @@ def dead_letter_commands(
 
     @app.command()
     def purge(
-        ids: list[str] | None = typer.Argument(None, help="Dead-letter ids (`dead list`)."),  # noqa: B008
+        ids: list[str] | None = typer.Argument(None, metavar="[ID]..."),  # noqa: B008
         everything: bool = typer.Option(False, "--all", help="Purge every dead letter."),
         older_than: float | None = typer.Option(
             None, min=0, help="Purge the dead letters older than this many seconds."
         ),
     ) -> None:
-        """Delete dead letters for good."""
+        """Delete dead letters for good.
+
+        Each ID is a dead letter's id, as `dead list` prints it."""
         if older_than is not None and (ids or everything):
             typer.echo("error: give ids, --all or --older-than, not several", err=True)
             raise typer.Exit(2)

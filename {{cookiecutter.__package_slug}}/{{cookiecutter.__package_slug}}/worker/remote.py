@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
+from .texts import error_text
+
 logger = logging.getLogger(__name__)
 
 WARN_EVERY = 10.0  # seconds between two warnings about the same unreachable server
@@ -32,7 +34,7 @@ class Outage:
             self.down_since = now
         if now - self._warned >= WARN_EVERY:
             self._warned = now
-            self.log.warning("%s: %s: %r", self.where, what, exc)
+            self.log.warning("%s: %s: %s", self.where, what, error_text(exc))
         return now - self.down_since
 
     def ok(self) -> None:

@@ -12,7 +12,7 @@ from .child import ReaderPlan
 from .errors import SignatureError
 from .instrument import Instrument
 from .metrics import Metrics, create_metrics
-from .settings import WorkerSettings
+from .settings import WorkerSettings, env_name
 from .slots import Slots
 from .source import Source
 from .summary import Summary
@@ -136,5 +136,5 @@ class Worker:
 
 def _metrics_text(settings: WorkerSettings) -> str:
     if settings.metrics_port == 0:
-        return "no metrics (METRICS_PORT is 0)"
+        return f"no metrics ({env_name(settings, 'METRICS_PORT')} is 0)"
     return f"metrics at http://{settings.metrics_host}:{settings.metrics_port}/metrics"

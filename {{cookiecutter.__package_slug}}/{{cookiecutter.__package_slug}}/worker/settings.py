@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from quasiqueue import Settings as QuasiQueueSettings
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class WorkerSettings(QuasiQueueSettings):
     """QuasiQueue's settings, with the defaults this runner is tuned for, and its own."""
 
-    log_level: str = Field(default="INFO", pattern="^(?i:debug|info|warning|error|critical)$")
+    log_level: str = "INFO"  # one of LOG_LEVELS, in any case
     log_format: Literal["text", "json"] = "text"
 
     # QuasiQueue's settings, with the defaults this runner is tuned for.
@@ -51,6 +53,15 @@ class WorkerSettings(QuasiQueueSettings):
     max_unstarted: int = Field(default=0, ge=0)
     # Seconds `drain` waits for an unreachable source before it exits 2.
     source_connect_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(
+                f"Input should be {', '.join(LOG_LEVELS[:-1])} or CRITICAL, in any case"
+            )
+        return level
 
 
 def env_name(settings: Any, name: str) -> str:

@@ -59,13 +59,16 @@ class JobsCli(SourceCli):
                 raise JobsError(explain(settings, exc)) from None
 
         def submit(
-            payloads: list[str] = typer.Argument(..., help="JSON payloads; '-' reads JSON lines."),  # noqa: B008
+            payloads: list[str] = typer.Argument(..., metavar="PAYLOAD..."),  # noqa: B008
             key: str | None = typer.Option(None, help="Skip the job if this key was submitted."),
             delay: float | None = typer.Option(
                 None, min=0, help="Run the jobs this many seconds from now, not before."
             ),
         ) -> None:
-            """Add jobs to the Redis stream; print their ids."""
+            """Add jobs to the Redis stream; print their ids.
+
+            Each PAYLOAD is one job's payload, in JSON (a string is quoted: '"text"'); '-'
+            reads one payload a line from stdin."""
             texts: list[str] = []
             for text in payloads:
                 texts += (
@@ -94,10 +97,12 @@ class JobsCli(SourceCli):
                 )
 
         def status(
-            job_id: str = typer.Argument(..., metavar="ID", help="The job id `submit` printed."),
+            job_id: str = typer.Argument(..., metavar="ID"),
             as_json: bool = typer.Option(False, "--json", help="Print it as JSON."),
         ) -> None:
-            """Print where a job is, or how it ended. Exit 1 if unknown."""
+            """Print where a job is, or how it ended. Exit 1 if unknown.
+
+            ID is the job id `submit` printed."""
             with one_line_errors(), Jobs(settings) as jobs:
                 found = jobs.status(job_id)
             ttl = f"{ENV_PREFIX}JOBS_STATUS_TTL {settings.jobs_status_ttl}s"
@@ -106,9 +111,11 @@ class JobsCli(SourceCli):
                 raise typer.Exit(1)
 
         def cancel(
-            job_id: str = typer.Argument(..., metavar="ID", help="The job id `submit` printed."),
+            job_id: str = typer.Argument(..., metavar="ID"),
         ) -> None:
-            """Cancel a job that no instance has fetched. Exit 0 if this cancelled it, else 1."""
+            """Cancel a job that no instance has fetched. Exit 0 if this cancelled it, else 1.
+
+            ID is the job id `submit` printed."""
             with one_line_errors(), Jobs(settings) as jobs:
                 answer = jobs.cancel(job_id)
             typer.echo(f"{job_id}: {_cancel_line(answer)}")

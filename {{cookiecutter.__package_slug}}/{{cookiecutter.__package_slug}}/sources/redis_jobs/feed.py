@@ -94,7 +94,7 @@ class RedisJobs(Source):
         self._fetching = asyncio.Lock()  # a fetch's jobs are leased before anything is released
         self._group_ready = False
         self._joined = False  # this run reached Redis: `close` has jobs to put back
-        self._outage = Outage(f"Redis jobs at {settings.jobs_redis_url} ({self.consumer})")
+        self._outage = Outage(f"{where(settings)}, consumer {self.consumer}", logger)
 
     def __repr__(self) -> str:
         return f"RedisJobs(url={self.settings.jobs_redis_url!r}, stream={self.stream!r})"
@@ -445,7 +445,7 @@ class RedisJobs(Source):
                     await self._client.xgroup_delconsumer(stream, self.group, consumer["name"])
 
     async def _renew_forever(self) -> None:
-        outage = Outage(f"Redis jobs lease renewal ({self.consumer})")
+        outage = Outage(f"{where(self.settings)}, lease renewal of {self.consumer}", logger)
         while True:
             await asyncio.sleep(self.interval)
             try:

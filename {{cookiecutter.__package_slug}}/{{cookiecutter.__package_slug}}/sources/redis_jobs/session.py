@@ -26,7 +26,7 @@ from ...worker.retry import backoff
 from ...worker.texts import shorten
 from . import scripts
 from .client import acked_name, dead_name, starts_name, stream_name
-from .connection import SOCKET_TIMEOUT, connect_async
+from .connection import SOCKET_TIMEOUT, connect_async, where
 from .model import ACKED, Delivery, Job, JobFailed, JobLost, JobsError, MalformedJob
 
 logger = logging.getLogger(__name__)
@@ -52,12 +52,14 @@ class JobsSession(Session):
         self.starts = starts_name(self.stream)
         self.client: aioredis.Redis | None = None
         self.wire: _Wire | None = None
-        self.outage = Outage(f"Redis jobs ({consumer})")
+        self.outage = Outage(f"{where(settings)}, consumer {consumer}", logger)
 
     async def __aenter__(self) -> Self:
         self.client = connect_async(self.settings)
         self.wire = _Wire(self.client)
-        self.outage = Outage(f"Redis jobs ({self.consumer}, pid {os.getpid()})")
+        self.outage = Outage(
+            f"{where(self.settings)}, consumer {self.consumer}, pid {os.getpid()}", logger
+        )
         return self
 
     async def __aexit__(
