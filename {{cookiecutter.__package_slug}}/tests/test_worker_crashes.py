@@ -177,9 +177,9 @@ ADAPTIVE = Slots(16, 5000, adaptive=True)
         (16, True, 0.79, 0.0, 17),  # at least one more
         (16, True, 0.8, 0.0, 16),  # busy enough: keep
         (16, False, 0.1, 0.0, 16),  # no item waits for a slot: keep
-        (100, True, 0.99, 0.0, 80),  # the CPU is full: a fifth fewer
+        (100, True, 0.99, 0.0, 100),  # the CPU is full: hold (fewer would not run more)
         (100, True, 0.1, 0.2, 80),  # the loop is late: a fifth fewer
-        (17, True, 0.99, 0.0, 16),  # never below the floor
+        (17, True, 0.1, 0.2, 16),  # never below the floor
         (4000, True, 0.1, 0.0, 5000),  # never above the ceiling
     ],
 )

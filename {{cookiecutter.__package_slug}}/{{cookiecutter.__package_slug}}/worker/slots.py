@@ -4,11 +4,13 @@ A sync reader has one slot: it blocks its process. An async reader has
 CONCURRENT_TASKS_PER_PROCESS slots when that is set; unset (0, the default), its slots follow
 the work. They start at 16. While items wait for a slot they grow toward the number that would
 keep the process 80% busy (running on a CPU, or waiting for one: `cpu_demand`), at most 8 times
-as many at once (from 20% busy, 4 times); they shrink by a fifth when it is over 95% busy or
-the event loop is 50 ms late; never below 16 nor above MAX_CONCURRENT_TASKS_PER_PROCESS (5,000).
-The process decides 5 ms after items start to wait and after each growth, else every 25 ms
-while it has work. A reader that waits on calls thus has enough slots to hide its waits within
-tens of milliseconds; one that computes keeps 16.
+as many at once (from 20% busy, 4 times). Once it is that busy they hold: on a full CPU fewer
+slots would not run more items, only let the readers' waits go by unused. They shrink by a
+fifth when the event loop is 50 ms late, the sign that items wait for the CPU too long; never
+below 16 nor above MAX_CONCURRENT_TASKS_PER_PROCESS (5,000). The process decides 5 ms after
+items start to wait and after each growth, else every 25 ms while it has work. A reader that
+waits on calls thus has enough slots to hide its waits within tens of milliseconds; one that
+computes keeps 16.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ TICK_GROWING = 0.005  # ... when items start to wait, or it grew: a waiting read
 AHEAD_MAX = 32  # items a process holds that have not started: one per slot, at most this
 COMMITTING_MAX = 224  # items a process may hold whose readers are done, still committing
 BUSY_TARGET = 0.8  # the share of the time the process wants a CPU that growing aims at
-BUSY_HIGH = 0.95  # over this share, the slots shrink
 GROW_MAX = 8  # the most the slots grow in one tick
 LAG_HIGH = 0.05  # seconds the event loop may be late before the slots shrink
 
@@ -75,7 +76,7 @@ def next_limit(slots: Slots, limit: int, *, waiting: bool, busy: float, lag: flo
     `waiting` (every slot was taken and items waited for one), `busy` (the share of the time
     the process ran on a CPU or waited for one: `cpu_demand`) and `lag` (seconds the event
     loop was late)."""
-    if lag > LAG_HIGH or busy > BUSY_HIGH:
+    if lag > LAG_HIGH:
         return max(slots.floor, limit - limit // 5)
     if not waiting or busy >= BUSY_TARGET:
         return limit
